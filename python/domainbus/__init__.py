@@ -1,0 +1,41 @@
+"""domainbus: domain events with a Rust hot path and a pure-Python reference twin.
+
+`Dispatcher` is `domainbus.rust.Dispatcher` when the extension imports, else
+`domainbus.pure.Dispatcher`; set `DOMAINBUS_BACKEND=pure` (or `rust`) to choose.
+`BACKEND` says which one is in use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from domainbus import pure
+from domainbus.events import DomainEvent
+
+__all__ = ["BACKEND", "DomainEvent", "Dispatcher", "__version__"]
+
+__version__ = "0.1.0"
+
+
+def _choose_backend() -> Literal["rust", "pure"]:
+    wanted = os.environ.get("DOMAINBUS_BACKEND", "").strip().lower()
+    if wanted not in ("", "rust", "pure"):
+        raise ImportError(f"DOMAINBUS_BACKEND must be 'rust' or 'pure', not {wanted!r}")
+    if wanted == "pure":
+        return "pure"
+    try:
+        import domainbus.rust  # noqa: F401
+    except ImportError:
+        if wanted == "rust":
+            raise
+        return "pure"
+    return "rust"
+
+
+BACKEND: Literal["rust", "pure"] = _choose_backend()
+
+if BACKEND == "rust":
+    from domainbus.rust import Dispatcher
+else:
+    from domainbus.pure import Dispatcher  # type: ignore[assignment]

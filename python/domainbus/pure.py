@@ -1,0 +1,342 @@
+"""The reference `Dispatcher`, in plain Python: the specification in code.
+
+`domainbus.rust.Dispatcher` must behave exactly like this class; the parity tests drive both
+with the same random programs and compare every call, return value and exception. Read this
+module to learn what a dispatcher does; the numbered rules below are the README's.
+
+1. Routing follows the MRO: a handler registered for class C is called for every event whose
+   type is C or a subclass of C. Any object can be dispatched.
+2. Higher `priority` first; equal priorities in registration order (one global sequence).
+   Registering the same (class, handler) pair again is a no-op.
+3. The resolved handler list of each concrete type is cached until the registry changes.
+4. The registry is copy-on-write: a change made while an event is being dispatched takes
+   effect from the next event on; the event in flight keeps the list it started with.
+5. Nested dispatch is "immediate" (depth-first) or "queue" (a per-thread FIFO drained after
+   the current event's handlers, breadth-first, by the outermost call).
+6. `once` handlers are removed before their first call; `weak` handlers vanish with their target.
+7. `on_unhandled(event)` is called when no handler is registered for the event's type.
+8. Errors follow `on_error`: "raise", "collect" (ExceptionGroup at the end) or a callback.
+9. A handler that returns a coroutine is an error of that handler (the coroutine is closed).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from types import CoroutineType, MethodType
+from typing import Any, Literal, TypeVar
+
+__all__ = ["Dispatcher"]
+
+H = TypeVar("H", bound=Callable[..., Any])
+ErrorCallback = Callable[[Exception, Any, Callable[..., Any]], object]
+OnError = Literal["raise", "collect"] | ErrorCallback
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_CACHE_LIMIT = 4096  # resolved lists kept per registry version; the cache is reset past this
+
+
+class _Registration:
+    """One (class, handler) registration. `target` is the handler, or a weak reference to it."""
+
+    __slots__ = ("consumed", "event_type", "once", "priority", "seq", "target", "weak")
+
+    def __init__(
+        self, event_type: type, target: Any, priority: int, seq: int, once: bool, weak: bool
+    ) -> None:
+        self.event_type = event_type
+        self.target = target
+        self.priority = priority
+        self.seq = seq
+        self.once = once
+        self.weak = weak
+        self.consumed = False
+
+    def live_handler(self) -> Callable[..., Any] | None:
+        """The handler, or None when it was held weakly and has been collected."""
+        if self.weak:
+            handler: Callable[..., Any] | None = self.target()
+            return handler
+        return self.target  # type: ignore[no-any-return]
+
+
+class _State:
+    """An immutable registry snapshot plus the resolution cache that belongs to it."""
+
+    __slots__ = ("cache", "registry")
+
+    def __init__(self, registry: dict[type, tuple[_Registration, ...]]) -> None:
+        self.registry = registry
+        self.cache: dict[type, tuple[_Registration, ...]] = {}
+
+    def resolve(self, event_type: type) -> tuple[_Registration, ...]:
+        """Registrations for `event_type` along its MRO, highest priority first, then oldest."""
+        regs = self.cache.get(event_type)
+        if regs is None:
+            found = [r for klass in event_type.__mro__ for r in self.registry.get(klass, ())]
+            found.sort(key=lambda r: (-r.priority, r.seq))
+            regs = tuple(found)
+            if len(self.cache) >= _CACHE_LIMIT:
+                self.cache = {}
+            self.cache[event_type] = regs
+        return regs
+
+
+def describe_handler(handler: object) -> str:
+    """`module.qualname` of a handler, or its repr when it has no qualified name."""
+    name = getattr(handler, "__qualname__", None)
+    if not isinstance(name, str):
+        return repr(handler)
+    module = getattr(handler, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) else name
+
+
+def _failure_note(handler: object, event_type: type, index: int | None) -> str:
+    note = f"domainbus: raised by handler {describe_handler(handler)} for {event_type.__qualname__}"
+    return note if index is None else f"{note} at batch index {index}"
+
+
+def _check_options(priority: object, once: object, weak: object) -> None:
+    if not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, not {type(priority).__qualname__}")
+    if not _I64_MIN <= priority <= _I64_MAX:
+        raise OverflowError("priority must fit in a signed 64-bit integer")
+    if not isinstance(once, bool):
+        raise TypeError(f"once must be a bool, not {type(once).__qualname__}")
+    if not isinstance(weak, bool):
+        raise TypeError(f"weak must be a bool, not {type(weak).__qualname__}")
+
+
+def _check_event_type(event_type: object) -> None:
+    if not isinstance(event_type, type):
+        raise TypeError(f"event_type must be a class, not {type(event_type).__qualname__}")
+
+
+class Dispatcher:
+    """Routes events to the handlers registered for their class or any base class.
+
+    `on_error`: "raise" (default) lets a handler's exception propagate unchanged, with a note
+    naming the handler, the event type and the batch index; nothing after it runs. "collect"
+    runs every handler of every event, then raises an ExceptionGroup of all failures in order.
+    A callable is called as `on_error(exc, event, handler)` and dispatch goes on; if it raises,
+    that propagates. Exceptions that are not `Exception`s (KeyboardInterrupt...) always
+    propagate at once.
+
+    `on_unhandled(event)` is called for an event no handler is registered for.
+
+    `nested`: what a handler's own `dispatch` does. "immediate": the inner event is dispatched
+    at once, depth-first. "queue": it is appended to a per-thread FIFO that the outermost call
+    drains after each of its events, breadth-first; the inner call returns 0 and the outermost
+    call's return value counts every handler call it caused.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_error: OnError = "raise",
+        on_unhandled: Callable[[Any], object] | None = None,
+        nested: Literal["immediate", "queue"] = "immediate",
+    ) -> None:
+        if not (on_error in ("raise", "collect") if isinstance(on_error, str) else callable(on_error)):
+            raise TypeError(f"on_error must be 'raise', 'collect' or a callable, not {on_error!r}")
+        if on_unhandled is not None and not callable(on_unhandled):
+            raise TypeError(
+                f"on_unhandled must be a callable or None, not {type(on_unhandled).__qualname__}"
+            )
+        if nested not in ("immediate", "queue"):
+            raise ValueError(f"nested must be 'immediate' or 'queue', not {nested!r}")
+        self._on_error = on_error
+        self._on_unhandled = on_unhandled
+        self._nested = nested
+        self._lock = threading.RLock()  # re-entrant: a weakref callback may fire while held
+        self._next_seq = 0
+        self._state = _State({})
+        self._local = threading.local()  # .fifo: the FIFO of the outermost "queue" call
+
+    @property
+    def on_error(self) -> OnError:
+        return self._on_error
+
+    @property
+    def on_unhandled(self) -> Callable[[Any], object] | None:
+        return self._on_unhandled
+
+    @property
+    def nested(self) -> str:
+        return self._nested
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def register_handler(
+        self,
+        event_type: type,
+        handler: H,
+        *,
+        priority: int = 0,
+        once: bool = False,
+        weak: bool = False,
+    ) -> H:
+        """Call `handler(event)` for every event of `event_type` or a subclass; returns handler.
+
+        `once`: removed before its first call. `weak`: held by a weak reference (WeakMethod
+        for bound methods) and dropped when its target is collected. Registering the same
+        (class, handler) pair again changes nothing.
+        """
+        _check_event_type(event_type)
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__qualname__}")
+        _check_options(priority, once, weak)
+        target: Any = handler
+        if weak:
+            ref_type = weakref.WeakMethod if isinstance(handler, MethodType) else weakref.ref
+            target = ref_type(handler, self._reap)
+        with self._lock:
+            existing = self._state.registry.get(event_type, ())
+            if any(r.live_handler() == handler for r in existing):
+                return handler
+            seq = self._next_seq
+            self._next_seq += 1
+            reg = _Registration(event_type, target, priority, seq, once, weak)
+            self._publish({**self._state.registry, event_type: (*existing, reg)})
+        return handler
+
+    def handler(
+        self, event_type: type, *, priority: int = 0, once: bool = False, weak: bool = False
+    ) -> Callable[[H], H]:
+        """Decorator form of `register_handler`."""
+        _check_event_type(event_type)
+        _check_options(priority, once, weak)
+
+        def decorator(handler: H) -> H:
+            return self.register_handler(
+                event_type, handler, priority=priority, once=once, weak=weak
+            )
+
+        return decorator
+
+    def unregister_handler(self, event_type: type, handler: Callable[..., Any]) -> bool:
+        """Remove the registration of `handler` for exactly `event_type`; False if none."""
+        _check_event_type(event_type)
+        with self._lock:
+            for reg in self._state.registry.get(event_type, ()):
+                if reg.live_handler() == handler:
+                    self._remove(reg)
+                    return True
+        return False
+
+    def handlers_for(self, event_type: type) -> tuple[Callable[..., Any], ...]:
+        """The handlers an event of `event_type` would be dispatched to, in call order."""
+        _check_event_type(event_type)
+        live = (r.live_handler() for r in self._state.resolve(event_type))
+        return tuple(h for h in live if h is not None)
+
+    def clear(self) -> None:
+        """Remove every registration."""
+        with self._lock:
+            self._publish({})
+
+    def _publish(self, registry: dict[type, tuple[_Registration, ...]]) -> None:
+        self._state = _State(registry)
+
+    def _remove(self, reg: _Registration) -> None:
+        with self._lock:
+            remaining = tuple(r for r in self._state.registry.get(reg.event_type, ()) if r is not reg)
+            registry = dict(self._state.registry)
+            if remaining:
+                registry[reg.event_type] = remaining
+            else:
+                registry.pop(reg.event_type, None)
+            self._publish(registry)
+
+    def _reap(self, ref: object) -> None:
+        """Weakref callback: drop the registrations whose target was just collected."""
+        with self._lock:
+            for regs in list(self._state.registry.values()):
+                for reg in regs:
+                    if reg.target is ref:
+                        self._remove(reg)
+
+    def _consume(self, reg: _Registration) -> bool:
+        """Claim a `once` registration; False when another call already claimed it."""
+        with self._lock:
+            if reg.consumed:
+                return False
+            reg.consumed = True
+            self._remove(reg)
+            return True
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def dispatch(self, event: object) -> int:
+        """Call every handler of `event`; returns the number of handler calls made."""
+        return self._run((event,), batch=False)
+
+    def dispatch_batch(self, events: Iterable[object]) -> int:
+        """Dispatch each event of an iterable in order; returns the total handler calls."""
+        try:
+            iterator = iter(events)
+        except TypeError:
+            raise TypeError(
+                f"dispatch_batch() needs an iterable of events, not {type(events).__qualname__}"
+            ) from None
+        return self._run(iterator, batch=True)
+
+    def _run(self, events: Iterable[object], *, batch: bool) -> int:
+        fifo: deque[object] | None = getattr(self._local, "fifo", None)
+        if fifo is not None:  # "queue" mode, called from a handler: defer to the outermost call
+            fifo.extend(events)
+            return 0
+        failures: list[Exception] | None = [] if self._on_error == "collect" else None
+        calls = 0
+        if self._nested == "immediate":
+            for index, event in enumerate(events):
+                calls += self._dispatch_one(event, index if batch else None, failures)
+        else:
+            fifo = self._local.fifo = deque()
+            try:
+                for index, event in enumerate(events):
+                    calls += self._dispatch_one(event, index if batch else None, failures)
+                    while fifo:
+                        calls += self._dispatch_one(fifo.popleft(), None, failures)
+            except BaseException as exc:
+                if fifo:
+                    exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+                raise
+            finally:
+                self._local.fifo = None
+        if failures:
+            raise ExceptionGroup(f"domainbus: {len(failures)} handler(s) failed", failures)
+        return calls
+
+    def _dispatch_one(self, event: object, index: int | None, failures: list[Exception] | None) -> int:
+        event_type = type(event)
+        regs = self._state.resolve(event_type)
+        if not regs:
+            if self._on_unhandled is not None:
+                self._on_unhandled(event)
+            return 0
+        calls = 0
+        for reg in regs:
+            handler = reg.live_handler()
+            if handler is None or (reg.once and not self._consume(reg)):
+                continue
+            calls += 1
+            try:
+                result = handler(event)
+                if result is not None and isinstance(result, CoroutineType):
+                    result.close()
+                    raise TypeError(
+                        f"handler {describe_handler(handler)} returned a coroutine: "
+                        "async handlers need dispatch_async()"
+                    )
+            except Exception as exc:
+                exc.add_note(_failure_note(handler, event_type, index))
+                if failures is not None:
+                    failures.append(exc)
+                elif self._on_error == "raise":
+                    raise
+                else:
+                    self._on_error(exc, event, handler)  # type: ignore[operator]
+        return calls

@@ -1,0 +1,8 @@
+"""The Rust backend: `domainbus._core`'s classes under their public names.
+
+Importing this module raises ImportError when the extension is not built.
+"""
+
+from domainbus._core import Dispatcher
+
+__all__ = ["Dispatcher"]

@@ -1,0 +1,231 @@
+//! The dispatch loop: single events, batches, nested modes and error policies.
+//!
+//! `Dispatcher::run` is the one loop behind `dispatch` and `dispatch_batch` (and the queue's
+//! consumer). Per event it checks the registry version (one atomic load), reuses the last
+//! resolved list when the type repeats, and calls each handler with one vectorcall. No Rust
+//! lock or borrow is held while Python code runs.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::dispatcher::{Config, Dispatcher, Nested};
+use crate::errors::{self, Policy};
+use crate::nested::{self, FrameGuard};
+use crate::registry::{Registration, Resolved, Snapshot};
+
+/// Where one `run` is in the registry: the snapshot it uses and the last type it resolved.
+struct Cursor<'py> {
+    version: u64,
+    snapshot: Option<Arc<Snapshot>>,
+    last_type: Option<Bound<'py, PyType>>,
+    last_regs: Resolved,
+}
+
+impl<'py> Cursor<'py> {
+    fn new() -> Self {
+        Self {
+            version: u64::MAX,
+            snapshot: None,
+            last_type: None,
+            last_regs: Arc::new([]),
+        }
+    }
+
+    /// The resolved registrations for `event_type` under the newest registry (rule 4: a
+    /// change made during the previous event is seen by this one).
+    fn resolve(&mut self, owner: &Dispatcher, event_type: &Bound<'py, PyType>) -> PyResult<&Resolved> {
+        let version = owner.version.load(Ordering::Acquire);
+        if version != self.version || self.snapshot.is_none() {
+            self.snapshot = Some(owner.state.load_full());
+            self.version = version;
+            self.last_type = None;
+        }
+        if !self.last_type.as_ref().is_some_and(|t| t.is(event_type)) {
+            if let Some(snapshot) = &self.snapshot {
+                self.last_regs = snapshot.resolve(event_type)?;
+            }
+            self.last_type = Some(event_type.clone());
+        }
+        Ok(&self.last_regs)
+    }
+}
+
+/// `Py_EnterRecursiveCall` for the span of one dispatch, so runaway nested dispatch ends in
+/// RecursionError instead of overflowing the C stack.
+struct RecursionGuard;
+
+impl RecursionGuard {
+    fn enter(py: Python<'_>) -> PyResult<Self> {
+        // SAFETY: the GIL is held (we have `py`); the message is a NUL-terminated static.
+        if unsafe { ffi::Py_EnterRecursiveCall(c" while dispatching an event".as_ptr()) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Self)
+    }
+}
+
+impl Drop for RecursionGuard {
+    fn drop(&mut self) {
+        // SAFETY: paired with the successful Py_EnterRecursiveCall in `enter`, same thread,
+        // GIL still held (the guard never leaves the pymethod that created it).
+        unsafe { ffi::Py_LeaveRecursiveCall() }
+    }
+}
+
+fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `value` is a live object; PyCoro_CheckExact only reads its type pointer.
+    unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) != 0 }
+}
+
+/// Rule 9: a coroutine returned to the synchronous loop is closed (no "never awaited"
+/// warning) and reported as the handler's TypeError.
+fn reject_coroutine(handler: &Bound<'_, PyAny>, coroutine: &Bound<'_, PyAny>) -> PyErr {
+    if let Err(err) = coroutine.call_method0("close") {
+        return err;
+    }
+    match errors::describe_handler(handler) {
+        Ok(name) => PyTypeError::new_err(format!(
+            "handler {name} returned a coroutine: async handlers need dispatch_async()"
+        )),
+        Err(err) => err,
+    }
+}
+
+impl Dispatcher {
+    /// Dispatch `events` in order; the loop behind `dispatch` and `dispatch_batch`.
+    pub fn run<'py, I>(&self, py: Python<'py>, events: I, batch: bool) -> PyResult<u64>
+    where
+        I: Iterator<Item = PyResult<Bound<'py, PyAny>>>,
+    {
+        let _depth = RecursionGuard::enter(py)?;
+        if self.nested == Nested::Queue && nested::is_active(self.id) {
+            for event in events {
+                nested::push(self.id, event?.unbind());
+            }
+            return Ok(0);
+        }
+        let config = self.config.load_full();
+        let mut failures = matches!(config.on_error, Policy::Collect).then(Vec::new);
+        let mut cursor = Cursor::new();
+        let mut calls = 0u64;
+        if self.nested == Nested::Immediate {
+            for (index, event) in events.enumerate() {
+                let index = batch.then_some(index);
+                calls += self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+            }
+        } else {
+            let _frame = FrameGuard::enter(self.id);
+            let drain = || -> PyResult<()> {
+                for (index, event) in events.enumerate() {
+                    let index = batch.then_some(index);
+                    calls += self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+                    while let Some(inner) = nested::pop(self.id) {
+                        calls += self.dispatch_one(&mut cursor, &config, inner.bind(py), None, &mut failures)?;
+                    }
+                }
+                Ok(())
+            };
+            if let Err(err) = drain() {
+                let left = nested::pending(self.id);
+                if left > 0 {
+                    let note = format!("domainbus: {left} queued event(s) were not dispatched");
+                    errors::add_note(py, &err, &note)?;
+                }
+                return Err(err);
+            }
+        }
+        match failures {
+            Some(failures) if !failures.is_empty() => Err(errors::exception_group(py, failures)),
+            _ => Ok(calls),
+        }
+    }
+
+    /// Call every handler of one event; returns the calls made.
+    fn dispatch_one<'py>(
+        &self,
+        cursor: &mut Cursor<'py>,
+        config: &Config,
+        event: &Bound<'py, PyAny>,
+        index: Option<usize>,
+        failures: &mut Option<Vec<PyErr>>,
+    ) -> PyResult<u64> {
+        let py = event.py();
+        let event_type = event.get_type();
+        let regs = cursor.resolve(self, &event_type)?;
+        if regs.is_empty() {
+            if let Some(on_unhandled) = &config.on_unhandled {
+                on_unhandled.bind(py).call1((event,))?;
+            }
+            return Ok(0);
+        }
+        let mut calls = 0;
+        for reg in regs.iter() {
+            let weak_target;
+            let handler = if reg.weak {
+                match reg.live_handler(py)? {
+                    Some(target) => {
+                        weak_target = target;
+                        &weak_target
+                    }
+                    None => continue,
+                }
+            } else {
+                reg.target.bind(py)
+            };
+            if reg.once && !self.consume(py, reg)? {
+                continue;
+            }
+            calls += 1;
+            let failure = match handler.call1((event,)) {
+                Ok(result) if result.is_none() || !is_coroutine(&result) => continue,
+                Ok(coroutine) => reject_coroutine(handler, &coroutine),
+                Err(err) => err,
+            };
+            self.handle_failure(py, config, failure, handler, event, &event_type, index, failures)?;
+        }
+        Ok(calls)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_failure<'py>(
+        &self,
+        py: Python<'py>,
+        config: &Config,
+        err: PyErr,
+        handler: &Bound<'py, PyAny>,
+        event: &Bound<'py, PyAny>,
+        event_type: &Bound<'py, PyType>,
+        index: Option<usize>,
+        failures: &mut Option<Vec<PyErr>>,
+    ) -> PyResult<()> {
+        if !errors::is_exception(py, &err) {
+            return Err(err); // KeyboardInterrupt, SystemExit...: at once, whatever the policy
+        }
+        errors::add_note(py, &err, &errors::failure_note(handler, event_type, index)?)?;
+        if let Some(failures) = failures {
+            failures.push(err);
+            return Ok(());
+        }
+        match &config.on_error {
+            Policy::Callback(callback) => {
+                callback.bind(py).call1((err.value(py), event, handler))?;
+                Ok(())
+            }
+            _ => Err(err),
+        }
+    }
+
+    /// Claim and unregister a `once` registration; false when someone else claimed it first.
+    fn consume(&self, py: Python<'_>, reg: &Arc<Registration>) -> PyResult<bool> {
+        if !reg.claim() {
+            return Ok(false);
+        }
+        self.update(|snapshot| Ok(snapshot.without(py, reg)))?;
+        Ok(true)
+    }
+}

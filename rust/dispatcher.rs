@@ -1,0 +1,395 @@
+//! `domainbus.rust.Dispatcher`: the Python-facing class, its options and its registry API.
+//! The dispatch loop itself lives in `dispatch.rs`; the snapshots in `registry.rs`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{IntoPyDict, PyBool, PyInt, PyString, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError};
+
+use crate::errors::Policy;
+use crate::registry::{Registration, Registry, Snapshot};
+
+static NEXT_DISPATCHER_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Nested {
+    Immediate,
+    Queue,
+}
+
+/// The error and unhandled-event options (swapped out whole by the GC's `__clear__`).
+pub struct Config {
+    pub on_error: Policy,
+    pub on_unhandled: Option<Py<PyAny>>,
+}
+
+impl Config {
+    fn empty() -> Self {
+        Self {
+            on_error: Policy::Raise,
+            on_unhandled: None,
+        }
+    }
+}
+
+/// Routes events to the handlers registered for their class or any base class.
+/// Behaves exactly like `domainbus.pure.Dispatcher`; see that module for the contract.
+#[pyclass(frozen, subclass, weakref, module = "domainbus.rust", name = "Dispatcher")]
+pub struct Dispatcher {
+    pub(crate) id: u64,
+    pub(crate) nested: Nested,
+    pub(crate) config: ArcSwap<Config>,
+    pub(crate) state: ArcSwap<Snapshot>,
+    /// Bumped after every published registry change; the dispatch loop polls it per event.
+    pub(crate) version: AtomicU64,
+    next_seq: AtomicU64,
+}
+
+/// `priority`, `once` and `weak`, checked with the same messages as the pure backend.
+struct Options {
+    priority: i64,
+    once: bool,
+    weak: bool,
+}
+
+fn qualname_of_type(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(value
+        .get_type()
+        .getattr(intern!(value.py(), "__qualname__"))?
+        .to_string())
+}
+
+impl Options {
+    fn parse(
+        priority: Option<&Bound<'_, PyAny>>,
+        once: Option<&Bound<'_, PyAny>>,
+        weak: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let priority = match priority {
+            None => 0,
+            Some(value) if value.is_instance_of::<PyInt>() => value
+                .extract::<i64>()
+                .map_err(|_| PyOverflowError::new_err("priority must fit in a signed 64-bit integer"))?,
+            Some(value) => {
+                return Err(PyTypeError::new_err(format!(
+                    "priority must be an int, not {}",
+                    qualname_of_type(value)?
+                )))
+            }
+        };
+        let flag = |name: &str, value: Option<&Bound<'_, PyAny>>| -> PyResult<bool> {
+            match value {
+                None => Ok(false),
+                Some(value) => match value.cast::<PyBool>() {
+                    Ok(flag) => Ok(flag.is_true()),
+                    Err(_) => Err(PyTypeError::new_err(format!(
+                        "{name} must be a bool, not {}",
+                        qualname_of_type(value)?
+                    ))),
+                },
+            }
+        };
+        Ok(Self {
+            priority,
+            once: flag("once", once)?,
+            weak: flag("weak", weak)?,
+        })
+    }
+}
+
+fn check_event_type<'a, 'py>(event_type: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyType>> {
+    match event_type.cast::<PyType>() {
+        Ok(class) => Ok(class),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "event_type must be a class, not {}",
+            qualname_of_type(event_type)?
+        ))),
+    }
+}
+
+impl Dispatcher {
+    /// Publish a new registry computed from the current snapshot (copy-on-write, lock-free).
+    /// `change` returns None when there is nothing to change; it is re-run if another thread
+    /// published in between. Returns whether a change was published.
+    pub(crate) fn update(
+        &self,
+        mut change: impl FnMut(&Snapshot) -> PyResult<Option<Registry>>,
+    ) -> PyResult<bool> {
+        loop {
+            let current = self.state.load_full();
+            let Some(registry) = change(&current)? else {
+                return Ok(false);
+            };
+            let previous = self.state.compare_and_swap(&current, Arc::new(Snapshot::new(registry)));
+            if Arc::ptr_eq(&previous, &current) {
+                self.version.fetch_add(1, Ordering::Release);
+                return Ok(true);
+            }
+        }
+    }
+
+    fn make_target<'py>(
+        slf: &Bound<'py, Self>,
+        handler: &Bound<'py, PyAny>,
+        weak: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if !weak {
+            return Ok(handler.clone());
+        }
+        let py = slf.py();
+        let weakref = py.import(intern!(py, "weakref"))?;
+        let is_method = handler.is_instance(&py.import("types")?.getattr("MethodType")?)?;
+        let ref_type = weakref.getattr(if is_method { "WeakMethod" } else { "ref" })?;
+        ref_type.call1((handler, slf.getattr(intern!(py, "_reap"))?))
+    }
+}
+
+#[pymethods]
+impl Dispatcher {
+    #[new]
+    #[pyo3(signature = (*, on_error = None, on_unhandled = None, nested = None))]
+    fn new(
+        on_error: Option<&Bound<'_, PyAny>>,
+        on_unhandled: Option<&Bound<'_, PyAny>>,
+        nested: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let on_error = on_error.map_or(Ok(Policy::Raise), Policy::from_py)?;
+        let on_unhandled = match on_unhandled {
+            Some(value) if value.is_none() => None,
+            Some(value) if value.is_callable() => Some(value.clone().unbind()),
+            Some(value) => {
+                return Err(PyTypeError::new_err(format!(
+                    "on_unhandled must be a callable or None, not {}",
+                    qualname_of_type(value)?
+                )))
+            }
+            None => None,
+        };
+        let nested = match nested {
+            None => Nested::Immediate,
+            Some(value) => match value.cast::<PyString>().ok().map(|s| s.to_string()).as_deref() {
+                Some("immediate") => Nested::Immediate,
+                Some("queue") => Nested::Queue,
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "nested must be 'immediate' or 'queue', not {}",
+                        value.repr()?
+                    )))
+                }
+            },
+        };
+        Ok(Self {
+            id: NEXT_DISPATCHER_ID.fetch_add(1, Ordering::Relaxed),
+            nested,
+            config: ArcSwap::from_pointee(Config {
+                on_error,
+                on_unhandled,
+            }),
+            state: ArcSwap::from_pointee(Snapshot::new(Registry::new())),
+            version: AtomicU64::new(0),
+            next_seq: AtomicU64::new(0),
+        })
+    }
+
+    #[getter]
+    fn on_error(&self, py: Python<'_>) -> Py<PyAny> {
+        self.config.load().on_error.to_py(py)
+    }
+
+    #[getter]
+    fn on_unhandled(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.config.load().on_unhandled.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    #[getter]
+    fn nested(&self) -> &'static str {
+        match self.nested {
+            Nested::Immediate => "immediate",
+            Nested::Queue => "queue",
+        }
+    }
+
+    /// Call `handler(event)` for every event of `event_type` or a subclass; returns handler.
+    #[pyo3(signature = (event_type, handler, *, priority = None, once = None, weak = None))]
+    fn register_handler<'py>(
+        slf: &Bound<'py, Self>,
+        event_type: &Bound<'py, PyAny>,
+        handler: &Bound<'py, PyAny>,
+        priority: Option<&Bound<'py, PyAny>>,
+        once: Option<&Bound<'py, PyAny>>,
+        weak: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let event_type = check_event_type(event_type)?;
+        if !handler.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "handler must be callable, not {}",
+                qualname_of_type(handler)?
+            )));
+        }
+        let options = Options::parse(priority, once, weak)?;
+        let target = Self::make_target(slf, handler, options.weak)?;
+        let this = slf.get();
+        let py = slf.py();
+        let mut seq = None;
+        this.update(|snapshot| {
+            for reg in snapshot.registrations(event_type) {
+                if let Some(existing) = reg.live_handler(py)? {
+                    if existing.eq(handler)? {
+                        return Ok(None);
+                    }
+                }
+            }
+            let seq = *seq.get_or_insert_with(|| this.next_seq.fetch_add(1, Ordering::Relaxed));
+            let reg = Registration::new(
+                event_type.clone().unbind(),
+                target.clone().unbind(),
+                options.priority,
+                seq,
+                options.once,
+                options.weak,
+            );
+            Ok(Some(snapshot.with_added(py, Arc::new(reg))))
+        })?;
+        Ok(handler.clone())
+    }
+
+    /// Decorator form of `register_handler`.
+    #[pyo3(signature = (event_type, *, priority = None, once = None, weak = None))]
+    fn handler(
+        slf: &Bound<'_, Self>,
+        event_type: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
+        once: Option<&Bound<'_, PyAny>>,
+        weak: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<HandlerDecorator> {
+        let event_type = check_event_type(event_type)?;
+        let options = Options::parse(priority, once, weak)?;
+        Ok(HandlerDecorator {
+            dispatcher: slf.clone().into_any().unbind(),
+            event_type: event_type.clone().unbind(),
+            priority: options.priority,
+            once: options.once,
+            weak: options.weak,
+        })
+    }
+
+    /// Remove the registration of `handler` for exactly `event_type`; False if none.
+    fn unregister_handler(
+        &self,
+        event_type: &Bound<'_, PyAny>,
+        handler: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let event_type = check_event_type(event_type)?;
+        let py = event_type.py();
+        self.update(|snapshot| {
+            for reg in snapshot.registrations(event_type) {
+                if let Some(existing) = reg.live_handler(py)? {
+                    if existing.eq(handler)? {
+                        return Ok(snapshot.without(py, reg));
+                    }
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// The handlers an event of `event_type` would be dispatched to, in call order.
+    fn handlers_for<'py>(&self, event_type: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        let event_type = check_event_type(event_type)?;
+        let py = event_type.py();
+        let resolved = self.state.load().resolve(event_type)?;
+        let mut live = Vec::with_capacity(resolved.len());
+        for reg in resolved.iter() {
+            live.extend(reg.live_handler(py)?);
+        }
+        PyTuple::new(py, live)
+    }
+
+    /// Remove every registration.
+    fn clear(&self) -> PyResult<()> {
+        self.update(|snapshot| Ok((!snapshot.registry.is_empty()).then(Registry::new)))
+            .map(drop)
+    }
+
+    /// Weakref callback: drop the registrations whose target was just collected.
+    fn _reap(&self, py: Python<'_>, weak_ref: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.update(|snapshot| {
+            let dead = snapshot
+                .registry
+                .values()
+                .flat_map(|entry| entry.regs.iter())
+                .find(|reg| reg.target.bind(py).is(weak_ref));
+            Ok(dead.and_then(|reg| snapshot.without(py, reg)))
+        })
+        .map(drop)
+    }
+
+    /// Call every handler of `event`; returns the number of handler calls made.
+    fn dispatch(&self, event: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.run(event.py(), std::iter::once(Ok(event.clone())), false)
+    }
+
+    /// Dispatch each event of an iterable in order; returns the total handler calls.
+    fn dispatch_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let iterator = events.try_iter().map_err(|_| match qualname_of_type(events) {
+            Ok(name) => PyTypeError::new_err(format!(
+                "dispatch_batch() needs an iterable of events, not {name}"
+            )),
+            Err(err) => err,
+        })?;
+        self.run(events.py(), iterator, true)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let config = self.config.load();
+        if let Policy::Callback(callback) = &config.on_error {
+            visit.call(callback)?;
+        }
+        visit.call(&config.on_unhandled)?;
+        self.state.load().traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.config.store(Arc::new(Config::empty()));
+        self.state.store(Arc::new(Snapshot::new(Registry::new())));
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// What `Dispatcher.handler(...)` returns: registers the function it decorates.
+#[pyclass(frozen, module = "domainbus.rust")]
+pub struct HandlerDecorator {
+    dispatcher: Py<PyAny>,
+    event_type: Py<PyType>,
+    priority: i64,
+    once: bool,
+    weak: bool,
+}
+
+#[pymethods]
+impl HandlerDecorator {
+    fn __call__<'py>(&self, handler: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = handler.py();
+        let kwargs = [
+            ("priority", self.priority.into_pyobject(py)?.into_any()),
+            ("once", PyBool::new(py, self.once).to_owned().into_any()),
+            ("weak", PyBool::new(py, self.weak).to_owned().into_any()),
+        ]
+        .into_py_dict(py)?;
+        self.dispatcher.bind(py).call_method(
+            intern!(py, "register_handler"),
+            (self.event_type.bind(py), handler),
+            Some(&kwargs),
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.dispatcher)?;
+        visit.call(&self.event_type)
+    }
+}

@@ -1,0 +1,28 @@
+//! `domainbus._core`: the Rust hot path of domainbus.
+//!
+//! - `registry`: immutable registry snapshots and the MRO resolution cache (the routing table);
+//! - `dispatcher`: the `Dispatcher` class and its registry API;
+//! - `dispatch`: the dispatch loop (batches, nested modes, error policies);
+//! - `nested`: per-thread FIFOs of `nested="queue"` dispatchers;
+//! - `errors`: error notes and the ExceptionGroup of "collect";
+//! - `ids`: UUIDv7 event ids and UTC timestamps.
+
+use pyo3::prelude::*;
+
+mod dispatch;
+mod dispatcher;
+mod errors;
+mod ids;
+mod nested;
+mod registry;
+
+#[pymodule(gil_used = true)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<dispatcher::Dispatcher>()?;
+    m.add_class::<dispatcher::HandlerDecorator>()?;
+    m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;
+    m.add_function(wrap_pyfunction!(ids::utc_now, m)?)?;
+    m.add_function(wrap_pyfunction!(ids::_after_fork, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Per-thread FIFOs for `nested="queue"` dispatchers.
+//!
+//! While the outermost `dispatch` of a queue-mode dispatcher runs on a thread, that thread
+//! has a frame for the dispatcher here; a nested `dispatch` appends to the frame instead of
+//! dispatching, and the outermost call drains it after each of its events.
+//! The `RefCell` is only borrowed for a push or a pop, never across a call into Python.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use pyo3::prelude::*;
+
+struct Frame {
+    owner: u64,
+    fifo: VecDeque<Py<PyAny>>,
+}
+
+thread_local! {
+    static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_frame<R>(owner: u64, f: impl FnOnce(&mut Frame) -> R) -> Option<R> {
+    FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        frames.iter_mut().rev().find(|fr| fr.owner == owner).map(f)
+    })
+}
+
+/// True when an outermost dispatch of `owner` is running on this thread.
+pub fn is_active(owner: u64) -> bool {
+    with_frame(owner, |_| ()).is_some()
+}
+
+/// Append an event to `owner`'s FIFO on this thread (which must be active).
+pub fn push(owner: u64, event: Py<PyAny>) {
+    // The frame exists: callers check `is_active` first, on the same thread.
+    with_frame(owner, |frame| frame.fifo.push_back(event));
+}
+
+pub fn pop(owner: u64) -> Option<Py<PyAny>> {
+    with_frame(owner, |frame| frame.fifo.pop_front()).flatten()
+}
+
+pub fn pending(owner: u64) -> usize {
+    with_frame(owner, |frame| frame.fifo.len()).unwrap_or(0)
+}
+
+/// The frame of one outermost call; dropping it discards the frame and whatever it still holds.
+pub struct FrameGuard {
+    owner: u64,
+}
+
+impl FrameGuard {
+    pub fn enter(owner: u64) -> Self {
+        FRAMES.with(|frames| {
+            frames.borrow_mut().push(Frame {
+                owner,
+                fifo: VecDeque::new(),
+            })
+        });
+        Self { owner }
+    }
+}
+
+impl Drop for FrameGuard {
+    fn drop(&mut self) {
+        let frame = FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            let index = frames.iter().rposition(|fr| fr.owner == self.owner);
+            index.map(|i| frames.remove(i))
+        });
+        drop(frame); // released outside the borrow: dropping events may run Python code
+    }
+}

@@ -1,0 +1,190 @@
+//! The routing table: immutable registry snapshots and the per-snapshot MRO resolution cache.
+//!
+//! A `Snapshot` is never changed once published; the dispatcher replaces it whole
+//! (copy-on-write) on every registration change. A dispatch in flight keeps the snapshot it
+//! loaded, so handlers may (un)register freely and no Rust lock is held across Python calls.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+use pyo3::PyTraverseError;
+
+/// Resolved lists kept per snapshot; past this many event types the cache starts over.
+const CACHE_LIMIT: usize = 4096;
+
+/// One (class, handler) registration. `target` is the handler, or a weak reference to it.
+pub struct Registration {
+    pub event_type: Py<PyType>,
+    pub target: Py<PyAny>,
+    pub priority: i64,
+    pub seq: u64,
+    pub once: bool,
+    pub weak: bool,
+    consumed: AtomicBool,
+}
+
+impl Registration {
+    pub fn new(
+        event_type: Py<PyType>,
+        target: Py<PyAny>,
+        priority: i64,
+        seq: u64,
+        once: bool,
+        weak: bool,
+    ) -> Self {
+        Self {
+            event_type,
+            target,
+            priority,
+            seq,
+            once,
+            weak,
+            consumed: AtomicBool::new(false),
+        }
+    }
+
+    /// The handler, or None when it was held weakly and its target has been collected.
+    pub fn live_handler<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let target = self.target.bind(py);
+        if !self.weak {
+            return Ok(Some(target.clone()));
+        }
+        let referent = target.call0()?;
+        Ok((!referent.is_none()).then_some(referent))
+    }
+
+    /// Claim a `once` registration: true for exactly one caller, in any thread.
+    pub fn claim(&self) -> bool {
+        self.consumed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Resolved handlers of one concrete type, highest priority first, then oldest.
+pub type Resolved = Arc<[Arc<Registration>]>;
+
+/// The registrations made for exactly one class, in registration order.
+pub struct ClassEntry {
+    pub event_type: Py<PyType>,
+    pub regs: Vec<Arc<Registration>>,
+}
+
+/// Keyed by the class object's address; the entry holds the class, so the address stays valid.
+pub type Registry = HashMap<usize, Arc<ClassEntry>>;
+
+struct CacheEntry {
+    _event_type: Py<PyType>, // keeps the key's address from being reused while cached
+    regs: Resolved,
+}
+
+pub struct Snapshot {
+    pub registry: Registry,
+    cache: ArcSwap<HashMap<usize, Arc<CacheEntry>>>,
+}
+
+pub fn type_key(event_type: &Bound<'_, PyType>) -> usize {
+    event_type.as_ptr() as usize
+}
+
+impl Snapshot {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry,
+            cache: ArcSwap::default(),
+        }
+    }
+
+    pub fn registrations(&self, event_type: &Bound<'_, PyType>) -> &[Arc<Registration>] {
+        self.registry
+            .get(&type_key(event_type))
+            .map_or(&[], |entry| entry.regs.as_slice())
+    }
+
+    /// The resolved list for `event_type`, computed along its `__mro__` on a cache miss.
+    pub fn resolve(&self, event_type: &Bound<'_, PyType>) -> PyResult<Resolved> {
+        let key = type_key(event_type);
+        if let Some(entry) = self.cache.load().get(&key) {
+            return Ok(entry.regs.clone());
+        }
+        let py = event_type.py();
+        let mro = event_type
+            .getattr(intern!(py, "__mro__"))?
+            .cast_into::<PyTuple>()?;
+        let mut found: Vec<Arc<Registration>> = Vec::new();
+        for klass in mro.iter() {
+            if let Some(entry) = self.registry.get(&(klass.as_ptr() as usize)) {
+                found.extend(entry.regs.iter().cloned());
+            }
+        }
+        found.sort_by_key(|reg| (Reverse(reg.priority), reg.seq));
+        let resolved: Resolved = found.into();
+        let entry = Arc::new(CacheEntry {
+            _event_type: event_type.clone().unbind(),
+            regs: resolved.clone(),
+        });
+        self.cache.rcu(|cache| {
+            let mut cache = if cache.len() >= CACHE_LIMIT {
+                HashMap::new()
+            } else {
+                HashMap::clone(cache)
+            };
+            cache.insert(key, entry.clone());
+            cache
+        });
+        Ok(resolved)
+    }
+
+    /// A registry with `reg` appended to its class's list.
+    pub fn with_added(&self, py: Python<'_>, reg: Arc<Registration>) -> Registry {
+        let key = type_key(reg.event_type.bind(py));
+        let mut registry = self.registry.clone();
+        let mut regs = registry
+            .get(&key)
+            .map(|entry| entry.regs.clone())
+            .unwrap_or_default();
+        let event_type = reg.event_type.clone_ref(py);
+        regs.push(reg);
+        registry.insert(key, Arc::new(ClassEntry { event_type, regs }));
+        registry
+    }
+
+    /// A registry without `reg`, or None when this snapshot does not hold it.
+    pub fn without(&self, py: Python<'_>, reg: &Arc<Registration>) -> Option<Registry> {
+        let key = type_key(reg.event_type.bind(py));
+        let entry = self.registry.get(&key)?;
+        let position = entry.regs.iter().position(|r| Arc::ptr_eq(r, reg))?;
+        let mut registry = self.registry.clone();
+        let mut regs = entry.regs.clone();
+        regs.remove(position);
+        if regs.is_empty() {
+            registry.remove(&key);
+        } else {
+            let event_type = entry.event_type.clone_ref(py);
+            registry.insert(key, Arc::new(ClassEntry { event_type, regs }));
+        }
+        Some(registry)
+    }
+
+    /// Report every Python object this snapshot owns, each exactly once.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for entry in self.registry.values() {
+            visit.call(&entry.event_type)?;
+            for reg in &entry.regs {
+                visit.call(&reg.event_type)?;
+                visit.call(&reg.target)?;
+            }
+        }
+        for entry in self.cache.load().values() {
+            visit.call(&entry._event_type)?;
+        }
+        Ok(())
+    }
+}
