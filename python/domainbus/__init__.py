@@ -11,9 +11,10 @@ import os
 from typing import Literal
 
 from domainbus import pure
+from domainbus.errors import DomainbusError, QueueClosed
 from domainbus.events import DomainEvent
 
-__all__ = ["BACKEND", "DomainEvent", "Dispatcher", "__version__"]
+__all__ = ["BACKEND", "Dispatcher", "DomainEvent", "DomainbusError", "QueueClosed", "__version__"]
 
 __version__ = "0.1.0"
 

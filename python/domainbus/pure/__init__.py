@@ -1,0 +1,8 @@
+"""The pure-Python backend: readable reference implementations, the specification in code.
+
+`domainbus.rust` must behave exactly like the classes exported here.
+"""
+
+from domainbus.pure.dispatcher import Dispatcher
+
+__all__ = ["Dispatcher"]

@@ -1,0 +1,25 @@
+"""Every behavioural test runs on both backends: request the `backend` fixture (a module with
+the backend's public classes) or `make_dispatcher` (a factory for its Dispatcher)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BACKENDS = ("pure", "rust")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> ModuleType:
+    """`domainbus.pure` or `domainbus.rust` (an ImportError here means the extension is not built)."""
+    return importlib.import_module(f"domainbus.{request.param}")
+
+
+@pytest.fixture
+def make_dispatcher(backend: ModuleType) -> Callable[..., Any]:
+    """`backend.Dispatcher`, called with the test's options."""
+    return backend.Dispatcher  # type: ignore[no-any-return]
