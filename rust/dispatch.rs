@@ -38,7 +38,11 @@ impl<'py> Cursor<'py> {
 
     /// The resolved registrations for `event_type` under the newest registry (rule 4: a
     /// change made during the previous event is seen by this one).
-    fn resolve(&mut self, owner: &Dispatcher, event_type: &Bound<'py, PyType>) -> PyResult<&Resolved> {
+    fn resolve(
+        &mut self,
+        owner: &Dispatcher,
+        event_type: &Bound<'py, PyType>,
+    ) -> PyResult<&Resolved> {
         let version = owner.version.load(Ordering::Acquire);
         if version != self.version || self.snapshot.is_none() {
             self.snapshot = Some(owner.state.load_full());
@@ -123,9 +127,16 @@ impl Dispatcher {
             let drain = || -> PyResult<()> {
                 for (index, event) in events.enumerate() {
                     let index = batch.then_some(index);
-                    calls += self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+                    calls +=
+                        self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
                     while let Some(inner) = nested::pop(self.id) {
-                        calls += self.dispatch_one(&mut cursor, &config, inner.bind(py), None, &mut failures)?;
+                        calls += self.dispatch_one(
+                            &mut cursor,
+                            &config,
+                            inner.bind(py),
+                            None,
+                            &mut failures,
+                        )?;
                     }
                 }
                 Ok(())
@@ -186,7 +197,16 @@ impl Dispatcher {
                 Ok(coroutine) => reject_coroutine(handler, &coroutine),
                 Err(err) => err,
             };
-            self.handle_failure(py, config, failure, handler, event, &event_type, index, failures)?;
+            self.handle_failure(
+                py,
+                config,
+                failure,
+                handler,
+                event,
+                &event_type,
+                index,
+                failures,
+            )?;
         }
         Ok(calls)
     }

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyBool, PyInt, PyString, PyTuple, PyType};
+use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError};
 
 use crate::errors::Policy;
@@ -39,7 +39,13 @@ impl Config {
 
 /// Routes events to the handlers registered for their class or any base class.
 /// Behaves exactly like `domainbus.pure.Dispatcher`; see that module for the contract.
-#[pyclass(frozen, subclass, weakref, module = "domainbus.rust", name = "Dispatcher")]
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "domainbus.rust",
+    name = "Dispatcher"
+)]
 pub struct Dispatcher {
     pub(crate) id: u64,
     pub(crate) nested: Nested,
@@ -64,32 +70,56 @@ fn qualname_of_type(value: &Bound<'_, PyAny>) -> PyResult<String> {
         .to_string())
 }
 
+/// Take the keyword options a method accepts out of `**kwargs`, rejecting unknown names.
+/// (Parsed by hand so that an explicit `None` is checked like any other value, as in Python.)
+fn take_options<'py, const N: usize>(
+    method: &str,
+    kwargs: Option<&Bound<'py, PyDict>>,
+    names: [&str; N],
+) -> PyResult<[Option<Bound<'py, PyAny>>; N]> {
+    let mut found: [Option<Bound<'py, PyAny>>; N] = std::array::from_fn(|_| None);
+    let Some(kwargs) = kwargs else {
+        return Ok(found);
+    };
+    for (key, value) in kwargs.iter() {
+        let key = key.to_string();
+        match names.iter().position(|name| *name == key) {
+            Some(i) => found[i] = Some(value),
+            None => {
+                return Err(PyTypeError::new_err(format!(
+                    "{method}() got an unexpected keyword argument '{key}'"
+                )))
+            }
+        }
+    }
+    Ok(found)
+}
+
 impl Options {
-    fn parse(
-        priority: Option<&Bound<'_, PyAny>>,
-        once: Option<&Bound<'_, PyAny>>,
-        weak: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    fn parse(method: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let [priority, once, weak] = take_options(method, kwargs, ["priority", "once", "weak"])?;
         let priority = match priority {
             None => 0,
-            Some(value) if value.is_instance_of::<PyInt>() => value
-                .extract::<i64>()
-                .map_err(|_| PyOverflowError::new_err("priority must fit in a signed 64-bit integer"))?,
+            Some(value) if value.is_instance_of::<PyInt>() => {
+                value.extract::<i64>().map_err(|_| {
+                    PyOverflowError::new_err("priority must fit in a signed 64-bit integer")
+                })?
+            }
             Some(value) => {
                 return Err(PyTypeError::new_err(format!(
                     "priority must be an int, not {}",
-                    qualname_of_type(value)?
+                    qualname_of_type(&value)?
                 )))
             }
         };
-        let flag = |name: &str, value: Option<&Bound<'_, PyAny>>| -> PyResult<bool> {
+        let flag = |name: &str, value: Option<Bound<'_, PyAny>>| -> PyResult<bool> {
             match value {
                 None => Ok(false),
                 Some(value) => match value.cast::<PyBool>() {
                     Ok(flag) => Ok(flag.is_true()),
                     Err(_) => Err(PyTypeError::new_err(format!(
                         "{name} must be a bool, not {}",
-                        qualname_of_type(value)?
+                        qualname_of_type(&value)?
                     ))),
                 },
             }
@@ -102,7 +132,9 @@ impl Options {
     }
 }
 
-fn check_event_type<'a, 'py>(event_type: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyType>> {
+fn check_event_type<'a, 'py>(
+    event_type: &'a Bound<'py, PyAny>,
+) -> PyResult<&'a Bound<'py, PyType>> {
     match event_type.cast::<PyType>() {
         Ok(class) => Ok(class),
         Err(_) => Err(PyTypeError::new_err(format!(
@@ -125,7 +157,9 @@ impl Dispatcher {
             let Some(registry) = change(&current)? else {
                 return Ok(false);
             };
-            let previous = self.state.compare_and_swap(&current, Arc::new(Snapshot::new(registry)));
+            let previous = self
+                .state
+                .compare_and_swap(&current, Arc::new(Snapshot::new(registry)));
             if Arc::ptr_eq(&previous, &current) {
                 self.version.fetch_add(1, Ordering::Release);
                 return Ok(true);
@@ -152,27 +186,35 @@ impl Dispatcher {
 #[pymethods]
 impl Dispatcher {
     #[new]
-    #[pyo3(signature = (*, on_error = None, on_unhandled = None, nested = None))]
-    fn new(
-        on_error: Option<&Bound<'_, PyAny>>,
-        on_unhandled: Option<&Bound<'_, PyAny>>,
-        nested: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let on_error = on_error.map_or(Ok(Policy::Raise), Policy::from_py)?;
+    #[pyo3(signature = (**options))]
+    fn new(options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let [on_error, on_unhandled, nested] = take_options(
+            "Dispatcher",
+            options,
+            ["on_error", "on_unhandled", "nested"],
+        )?;
+        let on_error = on_error
+            .as_ref()
+            .map_or(Ok(Policy::Raise), Policy::from_py)?;
         let on_unhandled = match on_unhandled {
             Some(value) if value.is_none() => None,
-            Some(value) if value.is_callable() => Some(value.clone().unbind()),
+            Some(value) if value.is_callable() => Some(value.unbind()),
             Some(value) => {
                 return Err(PyTypeError::new_err(format!(
                     "on_unhandled must be a callable or None, not {}",
-                    qualname_of_type(value)?
+                    qualname_of_type(&value)?
                 )))
             }
             None => None,
         };
         let nested = match nested {
             None => Nested::Immediate,
-            Some(value) => match value.cast::<PyString>().ok().map(|s| s.to_string()).as_deref() {
+            Some(value) => match value
+                .cast::<PyString>()
+                .ok()
+                .map(|s| s.to_string())
+                .as_deref()
+            {
                 Some("immediate") => Nested::Immediate,
                 Some("queue") => Nested::Queue,
                 _ => {
@@ -203,7 +245,11 @@ impl Dispatcher {
 
     #[getter]
     fn on_unhandled(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.config.load().on_unhandled.as_ref().map(|f| f.clone_ref(py))
+        self.config
+            .load()
+            .on_unhandled
+            .as_ref()
+            .map(|f| f.clone_ref(py))
     }
 
     #[getter]
@@ -215,14 +261,12 @@ impl Dispatcher {
     }
 
     /// Call `handler(event)` for every event of `event_type` or a subclass; returns handler.
-    #[pyo3(signature = (event_type, handler, *, priority = None, once = None, weak = None))]
+    #[pyo3(signature = (event_type, handler, **options))]
     fn register_handler<'py>(
         slf: &Bound<'py, Self>,
         event_type: &Bound<'py, PyAny>,
         handler: &Bound<'py, PyAny>,
-        priority: Option<&Bound<'py, PyAny>>,
-        once: Option<&Bound<'py, PyAny>>,
-        weak: Option<&Bound<'py, PyAny>>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let event_type = check_event_type(event_type)?;
         if !handler.is_callable() {
@@ -231,7 +275,7 @@ impl Dispatcher {
                 qualname_of_type(handler)?
             )));
         }
-        let options = Options::parse(priority, once, weak)?;
+        let options = Options::parse("register_handler", options)?;
         let target = Self::make_target(slf, handler, options.weak)?;
         let this = slf.get();
         let py = slf.py();
@@ -259,16 +303,14 @@ impl Dispatcher {
     }
 
     /// Decorator form of `register_handler`.
-    #[pyo3(signature = (event_type, *, priority = None, once = None, weak = None))]
+    #[pyo3(signature = (event_type, **options))]
     fn handler(
         slf: &Bound<'_, Self>,
         event_type: &Bound<'_, PyAny>,
-        priority: Option<&Bound<'_, PyAny>>,
-        once: Option<&Bound<'_, PyAny>>,
-        weak: Option<&Bound<'_, PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<HandlerDecorator> {
         let event_type = check_event_type(event_type)?;
-        let options = Options::parse(priority, once, weak)?;
+        let options = Options::parse("handler", options)?;
         Ok(HandlerDecorator {
             dispatcher: slf.clone().into_any().unbind(),
             event_type: event_type.clone().unbind(),
@@ -336,12 +378,14 @@ impl Dispatcher {
 
     /// Dispatch each event of an iterable in order; returns the total handler calls.
     fn dispatch_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let iterator = events.try_iter().map_err(|_| match qualname_of_type(events) {
-            Ok(name) => PyTypeError::new_err(format!(
-                "dispatch_batch() needs an iterable of events, not {name}"
-            )),
-            Err(err) => err,
-        })?;
+        let iterator = events
+            .try_iter()
+            .map_err(|_| match qualname_of_type(events) {
+                Ok(name) => PyTypeError::new_err(format!(
+                    "dispatch_batch() needs an iterable of events, not {name}"
+                )),
+                Err(err) => err,
+            })?;
         self.run(events.py(), iterator, true)
     }
 

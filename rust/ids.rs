@@ -6,13 +6,13 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDateTime, PyTzInfo, PyType};
+use pyo3::types::{PyDateTime, PyType, PyTzInfo};
 use pyo3::{intern, IntoPyObjectExt};
 
 /// `unix_ms << 12 | counter` of the last id handed out in this process.
@@ -24,20 +24,16 @@ thread_local! {
     static RNG: RefCell<(u64, Option<fastrand::Rng>)> = const { RefCell::new((0, None)) };
 }
 
-fn unix_time() -> (u64, u32) {
-    let since = SystemTime::now()
+fn since_epoch() -> Duration {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (since.as_secs(), since.subsec_micros())
+        .unwrap_or_default()
 }
 
 /// The next `ms << 12 | counter`: now, or one more than the last stamp if the clock has not
 /// moved on (a full counter carries into the millisecond, as the RFC allows).
 fn next_stamp() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let now = (since.as_millis() as u64 & 0xFFFF_FFFF_FFFF) << 12;
+    let now = (since_epoch().as_millis() as u64 & 0xFFFF_FFFF_FFFF) << 12;
     let mut prev = LAST_STAMP.load(Ordering::Relaxed);
     loop {
         let next = if now > prev { now } else { prev + 1 };
@@ -56,7 +52,10 @@ fn random_u64() -> PyResult<u64> {
             let mut seed = [0u8; 8];
             getrandom::fill(&mut seed)
                 .map_err(|e| PyRuntimeError::new_err(format!("no OS randomness: {e}")))?;
-            *state = (generation, Some(fastrand::Rng::with_seed(u64::from_le_bytes(seed))));
+            *state = (
+                generation,
+                Some(fastrand::Rng::with_seed(u64::from_le_bytes(seed))),
+            );
         }
         Ok(state.1.as_mut().map_or(0, |rng| rng.u64(..)))
     })
@@ -135,8 +134,8 @@ fn civil_from_days(days: i64) -> (i32, u8, u8) {
 /// The current time as a timezone-aware UTC `datetime`.
 #[pyfunction]
 pub fn utc_now(py: Python<'_>) -> PyResult<Bound<'_, PyDateTime>> {
-    let (secs, micros) = unix_time();
-    let secs = secs as i64;
+    let since = since_epoch();
+    let (secs, micros) = (since.as_secs() as i64, since.subsec_micros());
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let in_day = secs.rem_euclid(86_400);
     let utc = PyTzInfo::utc(py)?;

@@ -15,7 +15,7 @@ BACKENDS = ("pure", "rust")
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> ModuleType:
-    """`domainbus.pure` or `domainbus.rust` (an ImportError here means the extension is not built)."""
+    """`domainbus.pure` or `domainbus.rust` (ImportError: the extension is not built)."""
     return importlib.import_module(f"domainbus.{request.param}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from domainbus import pure
+from domainbus import pure as pure
 from domainbus.errors import DomainbusError, QueueClosed
 from domainbus.events import DomainEvent
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -17,7 +18,17 @@ from domainbus._ids import new_event_id, utc_now
 __all__ = ["DomainEvent"]
 
 
-class DomainEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+    """Makes subclasses keyword-only too (msgspec's `kw_only` covers a class's own fields)."""
+
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any
+    ) -> Any:
+        options.setdefault("kw_only", True)
+        return super().__new__(mcls, name, bases, namespace, **options)
+
+
+class DomainEvent(msgspec.Struct, metaclass=_EventMeta, frozen=True, kw_only=True, tag=True):
     """Base class of domain events.
 
     Subclass it and declare fields the msgspec way::
@@ -27,7 +38,8 @@ class DomainEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
             username: str
             email: str
 
-    `event_id` and `occurred_on` are filled in when not given. Handlers registered for
+    Fields are keyword-only in subclasses too. `event_id` and `occurred_on` are filled in
+    when not given. Handlers registered for
     `DomainEvent` itself see every event that subclasses it.
     """
 

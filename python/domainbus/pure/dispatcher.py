@@ -139,7 +139,9 @@ class Dispatcher:
         on_unhandled: Callable[[Any], object] | None = None,
         nested: Literal["immediate", "queue"] = "immediate",
     ) -> None:
-        if not (on_error in ("raise", "collect") if isinstance(on_error, str) else callable(on_error)):
+        if not (
+            on_error in ("raise", "collect") if isinstance(on_error, str) else callable(on_error)
+        ):
             raise TypeError(f"on_error must be 'raise', 'collect' or a callable, not {on_error!r}")
         if on_unhandled is not None and not callable(on_unhandled):
             raise TypeError(
@@ -242,7 +244,9 @@ class Dispatcher:
 
     def _remove(self, reg: _Registration) -> None:
         with self._lock:
-            remaining = tuple(r for r in self._state.registry.get(reg.event_type, ()) if r is not reg)
+            remaining = tuple(
+                r for r in self._state.registry.get(reg.event_type, ()) if r is not reg
+            )
             registry = dict(self._state.registry)
             if remaining:
                 registry[reg.event_type] = remaining
@@ -310,7 +314,9 @@ class Dispatcher:
             raise ExceptionGroup(f"domainbus: {len(failures)} handler(s) failed", failures)
         return calls
 
-    def _dispatch_one(self, event: object, index: int | None, failures: list[Exception] | None) -> int:
+    def _dispatch_one(
+        self, event: object, index: int | None, failures: list[Exception] | None
+    ) -> int:
         event_type = type(event)
         regs = self._state.resolve(event_type)
         if not regs:
