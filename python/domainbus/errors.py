@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DomainbusError", "QueueClosed"]
+__all__ = ["DecodeError", "DomainbusError", "QueueClosed"]
 
 
 class DomainbusError(Exception):
@@ -11,3 +11,42 @@ class DomainbusError(Exception):
 
 class QueueClosed(DomainbusError):
     """`put` on a `BatchQueue` that was stopped: the event was not accepted."""
+
+
+class DecodeError(DomainbusError):
+    """An event record or stream could not be decoded; nothing was dispatched from that record.
+
+    `reason` is one of "truncated", "garbage", "unknown-tag", "invalid-field" or "upcast-failed".
+    `offset` is the byte offset of the bad record (msgpack streams), `line` its 1-based line
+    number (JSON lines), `index` its position among the stream's records (what `--start-at`
+    counts), `source` the file it came from; each is None when it does not apply.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        offset: int | None = None,
+        line: int | None = None,
+        index: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.offset = offset
+        self.line = line
+        self.index = index
+        self.source = source
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = [self.source] if self.source else []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.offset is not None:
+            where.append(f"byte offset {self.offset}")
+        if self.index is not None:
+            where.append(f"event {self.index}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        return f"{prefix}{self.reason}: {self.detail}"
