@@ -1,0 +1,49 @@
+"""Every workload of `domainbus bench` on every system, as pytest-benchmark tests.
+
+Grouped per workload (`--benchmark-group-by=group`), so `pytest benches --benchmark-compare`
+tracks regressions. A system whose library is not installed, that cannot express a workload,
+or whose domainbus API has not landed is skipped with the reason. Each benchmark first checks
+that the system made exactly the expected handler calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from domainbus.bench.handlers import noop_handlers
+from domainbus.bench.runner import check, prepared, skip_reason
+from domainbus.bench.systems import SYSTEMS, NotApplicable, System
+from domainbus.bench.workloads import WORKLOADS, Workload
+
+CASES = [
+    pytest.param(workload, system, id=f"{workload.name}-{system.name}")
+    for workload in WORKLOADS  # workload-major: the events cache holds one workload at a time
+    for system in SYSTEMS
+]
+
+
+@pytest.mark.parametrize(("workload", "system"), CASES)
+def test_workload(
+    benchmark: Any,
+    events_of: Callable[[Workload], list[Any]],
+    workload: Workload,
+    system: System,
+) -> None:
+    reason = skip_reason(workload, system)
+    if reason is not None:
+        pytest.skip(reason)
+    events = events_of(workload)
+    benchmark.group = f"workload: {workload.name}"
+    try:
+        failure = check(workload, system, events)
+    except NotApplicable as exc:
+        pytest.skip(str(exc))
+    assert failure is None, failure
+    handlers = noop_handlers(workload.slots, is_async=workload.is_async)
+    with prepared(workload, system, events, handlers) as run:
+        run()
+        benchmark(run)
+    benchmark.extra_info["events"] = len(events)
