@@ -29,7 +29,15 @@ from domainbus.events import DomainEvent
 if TYPE_CHECKING:
     from domainbus.codec.event_codec import EventCodec
 
-__all__ = ["MAGIC", "MAX_FRAME_BYTES", "Chunk", "OnInvalid", "read_frames", "write_frame"]
+__all__ = [
+    "MAGIC",
+    "MAX_FRAME_BYTES",
+    "Chunk",
+    "OnInvalid",
+    "count_frame_events",
+    "read_frames",
+    "write_frame",
+]
 
 MAGIC = b"domainbus msgpack 1\n"
 MAX_FRAME_BYTES = 1 << 30  # a larger length prefix is taken for garbage
@@ -110,6 +118,20 @@ def read_frames(
                 yield index + skip, events[skip:] if skip else events
         offset += _LENGTH.size + size
         index += count
+
+
+def count_frame_events(file: BinaryIO) -> int | None:
+    """Events in a msgpack stream, from its frame headers (seeking past payloads); None if
+    `file` is not a seekable msgpack stream. Reads from the current position, MAGIC first."""
+    if file.read(len(MAGIC)) != MAGIC or not file.seekable():
+        return None
+    total = 0
+    while len(prefix := file.read(_LENGTH.size)) == _LENGTH.size:
+        size = _LENGTH.unpack(prefix)[0]
+        header = array_header(file.read(min(size, 5)))
+        total += 1 if header is None else header[0]
+        file.seek(size - min(size, 5), 1)
+    return total
 
 
 def _bad_frame_detail(size: int, available: int) -> str:

@@ -130,25 +130,34 @@ def _detect(file: BinaryIO) -> Format:
 
 
 def _rebatch(chunks: Iterator[Chunk], batch_size: int) -> Iterator[Batch]:
-    """Regroup contiguous chunks into batches of `batch_size` (fewer at gaps and at the end)."""
+    """Regroup contiguous chunks into batches of `batch_size` (fewer at gaps and at the end).
+
+    When reading fails, the events read before the bad record are still yielded first, so
+    a DecodeError at index N means every event before N was delivered.
+    """
     pending: list[DomainEvent] = []
     start = 0
-    for index, events in chunks:
-        if pending and index != start + len(pending):
+    try:
+        for index, events in chunks:
+            if pending and index != start + len(pending):
+                yield Batch(start, pending)
+                pending = []
+            if not pending and len(events) == batch_size:
+                yield Batch(index, events)
+                continue
+            if not pending:
+                start = index
+            buffer = pending + events if pending else events
+            taken = 0
+            while len(buffer) - taken >= batch_size:
+                yield Batch(start, buffer[taken : taken + batch_size])
+                taken += batch_size
+                start += batch_size
+            pending = buffer[taken:]
+    except DecodeError:
+        if pending:
             yield Batch(start, pending)
-            pending = []
-        if not pending and len(events) == batch_size:
-            yield Batch(index, events)
-            continue
-        if not pending:
-            start = index
-        buffer = pending + events if pending else events
-        taken = 0
-        while len(buffer) - taken >= batch_size:
-            yield Batch(start, buffer[taken : taken + batch_size])
-            taken += batch_size
-            start += batch_size
-        pending = buffer[taken:]
+        raise
     if pending:
         yield Batch(start, pending)
 
