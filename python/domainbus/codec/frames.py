@@ -155,7 +155,9 @@ def _decode_slowly(
     try:
         records = codec.split_msgpack_array(payload)
     except InvalidRecord as invalid:
-        report(invalid.at(offset=offset, index=index, source=source), payload, on_invalid)
+        # the frame was read whole, so data ending early inside it is corrupt, not cut off
+        error = DecodeError("garbage", invalid.detail, offset=offset, index=index, source=source)
+        report(error, payload, on_invalid)
         return
     position = offset + _LENGTH.size + array_header(payload)[1]  # type: ignore[index]
     first, run = index + skip, []
