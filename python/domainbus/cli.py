@@ -19,6 +19,7 @@ import re
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -124,7 +125,7 @@ def _progress(description: str, total: int | None) -> Iterator[Any]:
 
 
 def _rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:,.0f}/s" if seconds > 0 else "n/a"
+    return f"{count / seconds:,.0f} events/s" if seconds > 0 else "n/a events/s"
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"dispatched {events:,} events ({calls:,} handler calls) in {elapsed:.2f} s: "
-        f"{_rate(events, elapsed)} events"
+        f"{_rate(events, elapsed)}"
     )
     if dead_letter is not None and dead_letter.count:
         print(f"{dead_letter.count:,} invalid record(s) written to {dead_letter.path}")
@@ -244,9 +245,8 @@ def _total(args: argparse.Namespace, codec: EventCodec) -> int | None:
 
 def _report_failure(args: argparse.Namespace, exc: Exception, failed: int, done: int) -> int:
     """Say which event failed and how to resume; handler errors are exit status 1."""
+    traceback.print_exception(exc, file=sys.stderr)
     print(f"domainbus run: a handler failed on event {failed}: {exc!r}", file=sys.stderr)
-    for note in getattr(exc, "__notes__", ()):
-        print(f"  {note}", file=sys.stderr)
     print(
         f"  {done:,} events before it were dispatched; after fixing, resume with:\n"
         f"  {_resume_command(args.argv, failed)}\n"
