@@ -47,3 +47,12 @@ def test_workload(
         run()
         benchmark(run)
     benchmark.extra_info["events"] = len(events)
+
+
+def test_check_catches_a_system_that_routes_wrongly() -> None:
+    """The correctness check is not a formality: exact-type routing under a hierarchy fails it."""
+    (hierarchy,) = [w for w in WORKLOADS if w.name == "hierarchy"]
+    (article,) = [s for s in SYSTEMS if s.name == "article"]
+    failure = check(hierarchy, article, hierarchy.build_events(100))
+    assert failure is not None
+    assert failure.startswith("wrong handler calls: 0 made, 300 expected")

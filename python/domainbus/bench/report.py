@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +77,7 @@ def environment() -> Environment:
 
     return Environment(
         python=platform.python_version(),
-        implementation=f"{sys.implementation.name} {platform.python_build()[0]}".strip(),
+        implementation=platform.python_implementation(),
         platform=platform.platform(),
         cpu=_cpu_name(),
         cpu_count=os.cpu_count(),
