@@ -5,7 +5,8 @@
 //! - `dispatch`: the dispatch loop (batches, nested modes, error policies);
 //! - `nested`: per-thread FIFOs of `nested="queue"` dispatchers;
 //! - `errors`: error notes and the ExceptionGroup of "collect";
-//! - `ids`: UUIDv7 event ids and UTC timestamps.
+//! - `ids`: UUIDv7 event ids and UTC timestamps;
+//! - `queue`: the `BatchQueue` (lock-free batching queue feeding the dispatch loop).
 
 use pyo3::prelude::*;
 
@@ -14,12 +15,14 @@ mod dispatcher;
 mod errors;
 mod ids;
 mod nested;
+mod queue;
 mod registry;
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dispatcher::Dispatcher>()?;
     m.add_class::<dispatcher::HandlerDecorator>()?;
+    m.add_class::<queue::BatchQueue>()?;
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(ids::utc_now, m)?)?;
     m.add_function(wrap_pyfunction!(ids::_after_fork, m)?)?;

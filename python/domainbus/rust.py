@@ -3,6 +3,6 @@
 Importing this module raises ImportError when the extension is not built.
 """
 
-from domainbus._core import Dispatcher
+from domainbus._core import BatchQueue, Dispatcher
 
-__all__ = ["Dispatcher"]
+__all__ = ["BatchQueue", "Dispatcher"]

@@ -4,5 +4,6 @@
 """
 
 from domainbus.pure.dispatcher import Dispatcher
+from domainbus.pure.queue import BatchQueue
 
-__all__ = ["Dispatcher"]
+__all__ = ["BatchQueue", "Dispatcher"]

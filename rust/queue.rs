@@ -1,0 +1,492 @@
+//! `domainbus.rust.BatchQueue`: a bounded multi-producer queue whose single consumer feeds
+//! batches straight into the dispatch loop. Behaves exactly like `domainbus.pure.BatchQueue`;
+//! see that module for the contract (rules 1-6).
+//!
+//! - `shared`: the lock-free ring buffer, counters and wake-ups shared by producers and consumer;
+//! - `consumer`: the consumer role, batches, `drain` and the background consumer's loop;
+//! - `args`: argument checks and the `queue.Full` / `QueueClosed` exceptions;
+//! - `lifecycle`: the fork and interpreter-exit hooks.
+//!
+//! The background consumer runs on a Python `threading.Thread` (a daemon) that calls back into
+//! `_consume`, so no Rust thread ever attaches to the interpreter (safe at shutdown, PyO3
+//! #5317) and exceptions surface exactly as in the pure backend.
+
+mod args;
+mod consumer;
+mod lifecycle;
+mod shared;
+
+use std::ffi::CString;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::IntoPyDict;
+use pyo3::{intern, PyTraverseError};
+
+use self::consumer::Target;
+use self::shared::{lock, Room, Shared, DRAIN, STOP_NOW};
+use crate::dispatcher::Dispatcher;
+use crate::errors::add_note;
+
+/// The longest a caller waits (GIL released) between two checks for signals such as Ctrl-C.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+const CONSUMER_NOTE: &str = "domainbus: raised in the BatchQueue consumer thread";
+const EXIT_NOTE: &str = "domainbus: raised while stopping a BatchQueue at interpreter exit";
+
+fn capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("capacity", value)
+}
+
+fn batch_size_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    args::size("batch_size", value)
+}
+
+fn block_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag("block", value)
+}
+
+fn drain_arg(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    args::flag("drain", value)
+}
+
+/// A bounded multi-producer queue whose single consumer dispatches events in batches.
+#[pyclass(frozen, weakref, module = "domainbus.rust", name = "BatchQueue")]
+pub struct BatchQueue {
+    dispatcher: Py<PyAny>,
+    /// `dispatcher` is exactly a Rust `Dispatcher`: batches go straight into its loop.
+    fast: bool,
+    capacity: usize,
+    batch_size: usize,
+    /// Replaced whole in a forked child (`_after_fork`).
+    shared: ArcSwap<Shared>,
+}
+
+/// Raise the consumer's pending exception (rule 3), or QueueClosed after `stop()`.
+fn check_accepting(py: Python<'_>, shared: &Shared, accepted: Option<u64>) -> PyResult<()> {
+    if let Some(err) = shared.take_error() {
+        return Err(err);
+    }
+    if shared.closed.load(SeqCst) {
+        return Err(args::closed(py, accepted));
+    }
+    Ok(())
+}
+
+fn raise_error(shared: &Shared) -> PyResult<()> {
+    shared.take_error().map_or(Ok(()), Err)
+}
+
+/// Wait for a `threading.Thread` to end, in slices; false if `deadline` passed first.
+fn join_thread(worker: &Bound<'_, PyAny>, deadline: Option<Instant>) -> PyResult<bool> {
+    let py = worker.py();
+    while worker.call_method0(intern!(py, "is_alive"))?.is_truthy()? {
+        let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
+            return Ok(false);
+        };
+        worker.call_method1(intern!(py, "join"), (wait.as_secs_f64(),))?;
+    }
+    Ok(true)
+}
+
+impl BatchQueue {
+    fn target<'a, 'py>(&'a self, py: Python<'py>) -> Target<'a, 'py>
+    where
+        'py: 'a,
+    {
+        Target {
+            dispatcher: self.dispatcher.bind(py),
+            fast: self.fast,
+        }
+    }
+
+    /// The queue was full: wait for room for `event` (rule 4), or raise `queue.Full`.
+    fn push_blocking(
+        &self,
+        py: Python<'_>,
+        shared: &Shared,
+        mut event: Py<PyAny>,
+        block: bool,
+        deadline: Option<Instant>,
+        accepted: Option<u64>,
+    ) -> PyResult<()> {
+        if !block {
+            return Err(args::full(py, self.capacity, false, accepted));
+        }
+        if shared.on_consumer_thread() {
+            return Err(args::full(py, self.capacity, true, accepted));
+        }
+        loop {
+            let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
+                return Err(args::full(py, self.capacity, false, accepted));
+            };
+            match py.detach(|| shared.push_or_wait(event, wait)) {
+                Room::Pushed => return Ok(()),
+                Room::Waiting(back) => event = back,
+            }
+            py.check_signals()?;
+            check_accepting(py, shared, accepted)?;
+        }
+    }
+
+    fn drain_all(&self, py: Python<'_>, max_events: u64) -> PyResult<u64> {
+        let shared = self.shared.load_full();
+        consumer::drain(py, &self.target(py), &shared, self.batch_size, max_events)
+    }
+
+    fn stop_impl(&self, py: Python<'_>, drain: bool, deadline: Option<Instant>) -> PyResult<bool> {
+        let shared = self.shared.load_full();
+        shared.close(if drain { DRAIN } else { STOP_NOW });
+        let (worker, on_consumer) = {
+            let control = lock(&shared.control);
+            let worker = control.worker.as_ref().map(|worker| worker.clone_ref(py));
+            (
+                worker,
+                control.consumer == Some(std::thread::current().id()),
+            )
+        };
+        if on_consumer {
+            return Ok(false);
+        }
+        if let Some(worker) = worker {
+            if !join_thread(worker.bind(py), deadline)? {
+                return Ok(false);
+            }
+            let finished = {
+                let mut control = lock(&shared.control);
+                match &control.worker {
+                    Some(current) if current.is(&worker) => control.worker.take(),
+                    _ => None,
+                }
+            };
+            drop(finished);
+        } else if drain && !shared.failed.load(SeqCst) {
+            self.drain_all(py, u64::MAX)?;
+        }
+        raise_error(&shared)?;
+        Ok(true)
+    }
+}
+
+#[pymethods]
+impl BatchQueue {
+    #[new]
+    #[pyo3(signature = (dispatcher, *, capacity = 65536, batch_size = 1024))]
+    fn new(
+        py: Python<'_>,
+        dispatcher: &Bound<'_, PyAny>,
+        #[pyo3(from_py_with = capacity_arg)] capacity: usize,
+        #[pyo3(from_py_with = batch_size_arg)] batch_size: usize,
+    ) -> PyResult<Py<Self>> {
+        let method = match dispatcher.getattr(intern!(py, "dispatch_batch")) {
+            Ok(method) => Some(method),
+            Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => None,
+            Err(err) => return Err(err),
+        };
+        if !method.is_some_and(|method| method.is_callable()) {
+            return Err(PyTypeError::new_err(format!(
+                "BatchQueue needs a dispatcher with a dispatch_batch() method, not {}",
+                args::type_name(dispatcher)?
+            )));
+        }
+        let queue = Py::new(
+            py,
+            Self {
+                dispatcher: dispatcher.clone().unbind(),
+                fast: dispatcher.get_type().is(py.get_type::<Dispatcher>()),
+                capacity,
+                batch_size,
+                shared: ArcSwap::from_pointee(Shared::new(capacity)),
+            },
+        )?;
+        lifecycle::track(queue.bind(py).as_any())?;
+        Ok(queue)
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// True once `stop()` was called: `put` raises QueueClosed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.shared.load().closed.load(SeqCst)
+    }
+
+    /// Events accepted by `put`/`put_many` so far.
+    #[getter]
+    fn put_count(&self) -> u64 {
+        self.shared.load().put_count.load(SeqCst)
+    }
+
+    /// Events handed to the dispatcher so far (a failing event counts).
+    #[getter]
+    fn dispatched_count(&self) -> u64 {
+        self.shared.load().dispatched.load(SeqCst)
+    }
+
+    /// Events put and not yet dispatched (waiting, or in the consumer's batch).
+    fn __len__(&self) -> usize {
+        self.shared.load().len()
+    }
+
+    /// Queue `event`; when full, wait for room (GIL released) up to `timeout`, or raise
+    /// `queue.Full` (at once when `block` is False).
+    #[pyo3(signature = (event, *, block = true, timeout = None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        event: &Bound<'_, PyAny>,
+        #[pyo3(from_py_with = block_arg)] block: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let deadline = args::deadline(timeout)?;
+        let shared = self.shared.load();
+        check_accepting(py, &shared, None)?;
+        match shared.try_push(event.clone().unbind()) {
+            Ok(()) => Ok(()),
+            Err(event) => self.push_blocking(py, &shared, event, block, deadline, None),
+        }
+    }
+
+    /// Queue every event of `events` in order, as `put` would; returns how many.
+    #[pyo3(signature = (events, *, block = true, timeout = None))]
+    fn put_many(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        #[pyo3(from_py_with = block_arg)] block: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
+        let deadline = args::deadline(timeout)?;
+        let iterator = events.try_iter().map_err(|err| {
+            if !err.is_instance_of::<PyTypeError>(py) {
+                return err;
+            }
+            match args::type_name(events) {
+                Ok(name) => PyTypeError::new_err(format!(
+                    "put_many() needs an iterable of events, not {name}"
+                )),
+                Err(err) => err,
+            }
+        })?;
+        let shared = self.shared.load_full();
+        let mut accepted = 0u64;
+        let put_all = || -> PyResult<()> {
+            check_accepting(py, &shared, Some(accepted))?;
+            for event in iterator {
+                let event = event?.unbind();
+                if shared.closed.load(Relaxed) || shared.failed.load(Relaxed) {
+                    check_accepting(py, &shared, Some(accepted))?;
+                }
+                if let Err(event) = shared.try_push(event) {
+                    self.push_blocking(py, &shared, event, block, deadline, Some(accepted))?;
+                }
+                accepted += 1;
+            }
+            Ok(())
+        };
+        let result = put_all();
+        match result {
+            Ok(()) => Ok(accepted),
+            Err(err) => {
+                let value = err.value(py);
+                let ours = value.hasattr(intern!(py, "accepted"))?
+                    && (value.is_instance(args::full_type(py)?.as_any())?
+                        || value.is_instance(args::closed_type(py)?.as_any())?);
+                if !ours {
+                    let note = format!(
+                        "domainbus: put_many() put {accepted} event(s) before this was raised"
+                    );
+                    add_note(py, &err, &note)?;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Dispatch what is queued (at most `max_events`) in the calling thread, in batches;
+    /// returns the handler calls made.
+    #[pyo3(signature = (max_events = None))]
+    fn drain(&self, py: Python<'_>, max_events: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        let max_events = args::max_events(max_events)?;
+        self.drain_all(py, max_events)
+    }
+
+    /// Start the background consumer (a daemon `threading.Thread`).
+    fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let shared = this.shared.load_full();
+        raise_error(&shared)?;
+        if shared.closed.load(SeqCst) {
+            return Err(PyRuntimeError::new_err(
+                "a stopped BatchQueue cannot be started again",
+            ));
+        }
+        if shared
+            .worker_active
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_err()
+        {
+            return Err(PyRuntimeError::new_err(
+                "this BatchQueue is already started",
+            ));
+        }
+        let launch = || -> PyResult<()> {
+            let finished = lock(&shared.control).worker.take();
+            if let Some(finished) = finished {
+                finished.bind(py).call_method0(intern!(py, "join"))?; // a failed run's thread
+            }
+            if !consumer::claim(&shared) {
+                return Err(PyRuntimeError::new_err(consumer::BUSY));
+            }
+            let kwargs = [
+                ("target", slf.getattr(intern!(py, "_consume"))?),
+                ("name", "domainbus-BatchQueue".into_pyobject(py)?.into_any()),
+                ("daemon", true.into_pyobject(py)?.to_owned().into_any()),
+            ]
+            .into_py_dict(py)?;
+            let thread = py
+                .import(intern!(py, "threading"))?
+                .getattr(intern!(py, "Thread"))?
+                .call((), Some(&kwargs));
+            let thread = match thread {
+                Ok(thread) => thread,
+                Err(err) => {
+                    shared.consuming.store(false, SeqCst);
+                    return Err(err);
+                }
+            };
+            lock(&shared.control).worker = Some(thread.clone().unbind());
+            if let Err(err) = thread.call_method0(intern!(py, "start")) {
+                let worker = lock(&shared.control).worker.take();
+                drop(worker);
+                shared.consuming.store(false, SeqCst);
+                return Err(err);
+            }
+            Ok(())
+        };
+        launch().inspect_err(|_| shared.worker_active.store(false, SeqCst))
+    }
+
+    /// Close the queue, then wait for the consumer (see the pure backend for the contract).
+    #[pyo3(signature = (*, drain = true, timeout = None))]
+    fn stop(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = drain_arg)] drain: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let deadline = args::deadline(timeout)?;
+        self.stop_impl(py, drain, deadline)
+    }
+
+    /// Wait until every event put before the call has been dispatched; False on timeout.
+    #[pyo3(signature = (timeout = None))]
+    fn join(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let deadline = args::deadline(timeout)?;
+        let shared = self.shared.load_full();
+        raise_error(&shared)?;
+        if shared.on_consumer_thread() {
+            return Err(PyRuntimeError::new_err(
+                "join() called from the thread consuming this BatchQueue would wait for itself",
+            ));
+        }
+        // put_count also counts pushes in flight (taken back if they fail): never less than
+        // the events pushed before this call, hence the min with its later value.
+        let target = shared.put_count.load(SeqCst);
+        let done = || shared.dispatched.load(SeqCst) >= target.min(shared.put_count.load(SeqCst));
+        loop {
+            if done() {
+                return Ok(true);
+            }
+            let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
+                return Ok(false);
+            };
+            py.detach(|| shared.wait_until(wait, done));
+            py.check_signals()?;
+            raise_error(&shared)?;
+        }
+    }
+
+    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<Self>> {
+        Self::start(slf)?;
+        Ok(slf.clone().unbind())
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _traceback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.stop_impl(py, true, None).map(drop)
+    }
+
+    /// The worker thread's target: run the consumer loop, keep its exception (rule 3).
+    fn _consume(&self, py: Python<'_>) -> PyResult<()> {
+        let shared = self.shared.load_full();
+        let role = consumer::Role::adopt(&shared);
+        if let Err(err) = consumer::consume(py, &self.target(py), &shared, self.batch_size) {
+            // The exception is kept even if the note cannot be added.
+            drop(add_note(py, &err, CONSUMER_NOTE));
+            shared.store_error(err);
+        }
+        drop(role);
+        shared.worker_active.store(false, SeqCst);
+        shared.notify_waiters();
+        Ok(())
+    }
+
+    /// In a forked child: a fresh, empty, stopped state (rule 5). The parent's state is leaked
+    /// on purpose: a thread of the parent may have been inside a push or holding a lock.
+    fn _after_fork(&self) {
+        let parents = self.shared.swap(Arc::new(Shared::new(self.capacity)));
+        std::mem::forget(parents);
+    }
+
+    /// At interpreter exit (rule 6): stop a started queue with drain, report what is left.
+    fn _at_exit(&self, py: Python<'_>) -> PyResult<()> {
+        let started = lock(&self.shared.load().control).worker.is_some();
+        if started {
+            if let Err(err) = self.stop_impl(py, true, None) {
+                drop(add_note(py, &err, EXIT_NOTE));
+                py.import(intern!(py, "traceback"))?
+                    .call_method1(intern!(py, "print_exception"), (err.value(py),))?;
+            }
+        }
+        let left = self.shared.load().len();
+        if left > 0 {
+            let message = format!(
+                "domainbus: a BatchQueue still held {left} undispatched event(s) at interpreter exit"
+            );
+            let message =
+                CString::new(message).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Queued events in the ring buffer cannot be visited (a cycle through them is not
+    /// collected while they wait); the dispatcher, the worker and the batch are.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.dispatcher)?;
+        let shared = self.shared.load();
+        if let Ok(control) = shared.control.try_lock() {
+            visit.call(&control.worker)?;
+        }
+        if let Ok(pending) = shared.pending.try_lock() {
+            for event in pending.iter() {
+                visit.call(event)?;
+            }
+        }
+        Ok(())
+    }
+}
