@@ -1,0 +1,328 @@
+"""`SqliteOutbox`: the transactional outbox in the application's own SQLite file.
+
+A unit of work stores its events here in the same transaction as the user's writes, already
+claimed by this outbox, and delivers them itself right after the commit. Rows it could not
+deliver (the process died, a handler raised) are delivered by `relay()`, which claims free
+rows in batches, dispatches them with `dispatch_batch` and deletes them: at-least-once.
+
+Delivered rows are deleted lazily: after a unit of work delivers its events, the delete rides
+along with the next transaction this outbox commits (or `flush()`/`close()`), which keeps the
+write path at one transaction per unit of work. A crash before that re-delivers those events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+from domainbus.codec import EventCodec
+from domainbus.outbox import schema as sql
+from domainbus.outbox.relay import BatchDispatcher
+from domainbus.outbox.relay import relay as relay_batches
+from domainbus.outbox.schema import Synchronous
+from domainbus.outbox.store import Batch, DeadLetter, RelayResult
+from domainbus.uow import SqliteTransaction
+
+__all__ = ["SqliteOutbox"]
+
+logger = logging.getLogger("domainbus.outbox")
+
+_MAX_ROWS_PER_INSERT = 500
+
+
+class SqliteOutbox:
+    """Outbox, relay and idempotency records in one SQLite database.
+
+    `target`: a path (the outbox opens and owns a connection in autocommit mode) or the
+    user's `sqlite3.Connection` (used as it is, after the settings below). `codec`: the
+    `EventCodec` of the events stored here.
+
+    The connection is put in WAL mode with `busy_timeout` seconds of waiting for locks and
+    `synchronous` set explicitly: "NORMAL" (default; in WAL a process crash loses nothing
+    committed, a power loss or OS crash may lose the last transactions) or "FULL" (every
+    commit is synced; several times slower per transaction).
+
+    `lease`: seconds after which a claim is taken to be abandoned (its owner died) and its rows
+    are delivered again; it must exceed the time a batch takes to dispatch. `max_attempts`:
+    failed deliveries after which a row goes to the dead-letter table.
+
+    Like a sqlite3 connection, an outbox belongs to one thread at a time.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | sqlite3.Connection,
+        codec: EventCodec,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        busy_timeout: float = 5.0,
+        lease: float = 60.0,
+        max_attempts: int = 5,
+    ) -> None:
+        if not (
+            callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))
+        ):
+            raise TypeError(f"codec must be an EventCodec, not {type(codec).__qualname__}")
+        if not isinstance(lease, int | float) or lease < 0:
+            raise ValueError(f"lease must be a number of seconds >= 0, not {lease!r}")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+        if isinstance(target, sqlite3.Connection):
+            connection, self._owns_connection = target, False
+        elif isinstance(target, str | os.PathLike):
+            connection = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None)
+            self._owns_connection = True
+        else:
+            raise TypeError(
+                f"target must be a path or a sqlite3.Connection, not {type(target).__qualname__}"
+            )
+        try:
+            self._tx = SqliteTransaction(connection)
+            sql.configure(connection, synchronous, busy_timeout)
+            sql.create_tables(connection)
+        except BaseException:
+            if self._owns_connection:
+                connection.close()
+            raise
+        self.codec = codec
+        self.lease = float(lease)
+        self.max_attempts = max_attempts
+        self._cursor = connection.cursor()
+        self._rng = random.Random(os.urandom(16))
+        self._owner = self._rng.getrandbits(63)
+        self._held: list[Batch] = []
+        self.encode: Callable[[Any], bytes] = codec.encode
+        self.decode: Callable[[bytes], Any] = codec.decode
+
+    def __repr__(self) -> str:
+        return f"<SqliteOutbox {self.codec!r} synchronous={self.synchronous}>"
+
+    # -- connection and transactions -------------------------------------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._tx.connection
+
+    @property
+    def synchronous(self) -> str:
+        """The connection's `synchronous` level ("NORMAL", "FULL", ...), read from SQLite."""
+        return sql.synchronous_level(self.connection)
+
+    @property
+    def journal_mode(self) -> str:
+        """The database's journal mode ("wal"; "memory" for in-memory databases)."""
+        return str(self.connection.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._tx.connection.in_transaction
+
+    def begin(self) -> None:
+        """Start a write transaction (BEGIN IMMEDIATE)."""
+        self._tx.begin()
+
+    def commit(self) -> None:
+        """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
+        held = self._held
+        for batch in held:
+            self.settle(batch, delivered=batch.ids)
+        self._tx.commit()
+        del held[:]
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any (held batches stay held)."""
+        self._tx.rollback()
+
+    def flush(self) -> None:
+        """Delete the rows of delivered batches now instead of with the next commit."""
+        if self._held:
+            self.begin()
+            try:
+                self.commit()
+            except BaseException:
+                self.rollback()
+                raise
+
+    def close(self) -> None:
+        """Flush, then close the connection if the outbox opened it."""
+        try:
+            self.flush()
+        finally:
+            if self._owns_connection:
+                self.connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing and claiming --------------------------------------------------------------
+
+    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> Batch:
+        """Insert encoded events in the current transaction; claimed by this outbox or free."""
+        cursor = self._cursor
+        if len(payloads) == 1:
+            ids = [cursor.execute(sql.INSERT_ONE, (payloads[0],)).lastrowid or 0]
+        else:
+            ids = []
+            for start in range(0, len(payloads), _MAX_ROWS_PER_INSERT):
+                chunk = payloads[start : start + _MAX_ROWS_PER_INSERT]
+                ids.extend(row[0] for row in cursor.execute(sql.insert_many(len(chunk)), chunk))
+            ids.sort()  # RETURNING gives no order; ids grow in insertion order
+        claim = 0
+        if claimed and ids:
+            claim = self._new_claim(ids[0], ids[-1], time.time())
+        return Batch(claim, ids, [], [])
+
+    def _new_claim(self, first_id: int, last_id: int, now: float) -> int:
+        claim = self._rng.getrandbits(63)
+        self._cursor.execute(sql.INSERT_CLAIM, (claim, self._owner, first_id, last_id, now))
+        return claim
+
+    def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
+        """Claim up to `limit` of the oldest free rows, in a transaction of its own.
+
+        Claims older than the lease are dropped first; with `take_over`, every claim of
+        another outbox is (use it at start-up when no other relay can be running).
+        """
+        cursor = self._cursor
+        now = time.time()
+        self.begin()
+        try:
+            if take_over:
+                cursor.execute(sql.DELETE_FOREIGN_CLAIMS, (self._owner,))
+            else:
+                cursor.execute(sql.DELETE_STALE_CLAIMS, (now - self.lease,))
+            rows = self._first_free_rows(limit)
+            batch = None
+            if rows:
+                ids = [row[0] for row in rows]
+                claim = self._new_claim(ids[0], ids[-1], now)
+                batch = Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return batch
+
+    def _first_free_rows(self, limit: int) -> list[tuple[int, bytes, int]]:
+        """The oldest rows in the first gap between live claims that has any."""
+        cursor = self._cursor
+        after = 0
+        for first_id, last_id in cursor.execute(sql.LIVE_CLAIMS).fetchall():
+            if first_id > after + 1:
+                rows = cursor.execute(sql.SELECT_BETWEEN, (after, first_id, limit)).fetchall()
+                if rows:
+                    return rows
+            after = max(after, last_id)
+        return cursor.execute(sql.SELECT_AFTER, (after, limit)).fetchall()
+
+    def settle(
+        self,
+        batch: Batch,
+        *,
+        delivered: Sequence[int] = (),
+        failed: Sequence[tuple[int, str]] = (),
+        dead: Sequence[tuple[int, str]] = (),
+    ) -> list[int]:
+        """Settle a claimed batch in the current transaction (see `OutboxStore.settle`).
+
+        Does nothing when the claim is gone: another relay took it over after the lease ran
+        out and now owns the rows.
+        """
+        cursor = self._cursor
+        if cursor.execute(sql.DELETE_CLAIM, (batch.claim,)).rowcount == 0:
+            return []
+        dead = list(dead)
+        for row_id, error in failed:
+            row = cursor.execute(sql.COUNT_FAILURE, (error, row_id)).fetchone()
+            if row is not None and row[0] >= self.max_attempts:
+                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        now = time.time()
+        for row_id, error in dead:
+            cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
+            logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
+        if not failed and len(delivered) + len(dead) == len(batch.ids):
+            cursor.execute(sql.DELETE_RANGE, (batch.ids[0], batch.ids[-1]))
+        else:
+            removed = [*delivered, *(row_id for row_id, _ in dead)]
+            cursor.executemany(sql.DELETE_ONE, ((row_id,) for row_id in removed))
+        return [row_id for row_id, _ in dead]
+
+    def hold(self, batch: Batch) -> None:
+        """Mark `batch` delivered with the next commit on this outbox."""
+        self._held.append(batch)
+
+    # -- relaying --------------------------------------------------------------------------
+
+    def relay(
+        self, dispatcher: BatchDispatcher, batch_size: int = 1000, *, take_over: bool = False
+    ) -> RelayResult:
+        """Deliver every free row, oldest first, in batches, with `dispatch_batch`.
+
+        Run it at start-up (with `take_over=True` when no other process relays this file)
+        and whenever rows may be left over. See `domainbus.outbox.relay` for failures.
+        """
+        return relay_batches(self, dispatcher, batch_size=batch_size, take_over=take_over)
+
+    # -- idempotency -----------------------------------------------------------------------
+
+    def run_once(self, key: str, event_id: uuid.UUID, call: Callable[[], object]) -> bool:
+        """Run `call()` unless (key, event_id) is recorded, recording it in the same transaction.
+
+        A transaction of its own (BEGIN IMMEDIATE), or a savepoint inside the caller's: what
+        `call` writes through this connection commits or rolls back with the record.
+        """
+        if not isinstance(event_id, uuid.UUID):
+            raise TypeError(f"event_id must be a uuid.UUID, not {type(event_id).__qualname__}")
+        cursor = self._cursor
+        nested = self.in_transaction
+        cursor.execute("SAVEPOINT domainbus_once" if nested else "BEGIN IMMEDIATE")
+        try:
+            cursor.execute(sql.MARK_PROCESSED, (key, event_id.bytes, time.time()))
+            first_time = cursor.rowcount == 1
+            if first_time:
+                call()
+        except BaseException:
+            if self.in_transaction:
+                if nested:
+                    cursor.execute("ROLLBACK TO domainbus_once")
+                    cursor.execute("RELEASE domainbus_once")
+                else:
+                    cursor.execute("ROLLBACK")
+            raise
+        if self.in_transaction:  # unless `call` ended the transaction itself
+            cursor.execute("RELEASE domainbus_once" if nested else "COMMIT")
+        return first_time
+
+    # -- inspection and repair -------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Rows not yet delivered (claimed or free)."""
+        return int(self._cursor.execute(sql.COUNT_PENDING).fetchone()[0])
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The dead-letter table, oldest first."""
+        return [DeadLetter(*row) for row in self._cursor.execute(sql.LIST_DEAD_LETTERS)]
+
+    def requeue(self, dead_letter_ids: Sequence[int]) -> int:
+        """Move dead letters back into the outbox (as new rows); returns how many moved."""
+        moved = 0
+        self.begin()
+        try:
+            for dead_id in dead_letter_ids:
+                if self._cursor.execute(sql.REQUEUE, (dead_id,)).rowcount:
+                    self._cursor.execute(sql.DELETE_DEAD_LETTER, (dead_id,))
+                    moved += 1
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return moved

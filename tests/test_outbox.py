@@ -1,0 +1,579 @@
+"""SqliteOutbox: events stored with the user's writes, relayed at least once, never lost.
+
+Crash safety and concurrency run real processes: one is SIGKILLed after its commit and before
+dispatching, one during a relay, and two relay the same file at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import pytest
+
+from domainbus import DomainEvent
+from domainbus.codec import EventCodec
+from domainbus.outbox import OutboxError, RelayResult, SqliteOutbox, idempotent
+from domainbus.uow import UnitOfWork
+
+
+class Registered(DomainEvent):
+    n: int
+
+
+class Welcomed(DomainEvent):
+    n: int
+
+
+class Unknown(DomainEvent):
+    n: int
+
+
+CODEC = EventCodec(Registered, Welcomed)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "app.db"
+
+
+@pytest.fixture
+def outbox(path: Path) -> Iterator[SqliteOutbox]:
+    box = SqliteOutbox(path, CODEC)
+    box.connection.execute("CREATE TABLE users (n INTEGER PRIMARY KEY)")
+    box.connection.execute("CREATE TABLE handled (n INTEGER, pid INTEGER)")
+    yield box
+    box.close()
+
+
+def store_free(outbox: SqliteOutbox, events: Iterable[Any]) -> None:
+    """Put rows in the outbox as a crashed process would leave them: stored, unclaimed."""
+    outbox.begin()
+    outbox.append([CODEC.encode(e) for e in events], claimed=False)
+    outbox.commit()
+
+
+def count(outbox: SqliteOutbox, query: str) -> int:
+    return int(outbox.connection.execute(query).fetchone()[0])
+
+
+def numbers(log: list[Any]) -> list[int]:
+    return [event.n for event in log]
+
+
+# -- the unit of work with an outbox ---------------------------------------------------------
+
+
+def test_events_are_stored_with_the_writes_and_delivered(
+    backend: ModuleType, outbox: SqliteOutbox
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    with UnitOfWork(dispatcher, outbox=outbox) as uow:
+        outbox.connection.execute("INSERT INTO users VALUES (1)")
+        uow.record(Registered(n=1))
+        uow.record(Registered(n=2))
+        assert outbox.pending() == 0  # stored at commit, in the same transaction
+    assert numbers(log) == [1, 2]
+    assert outbox.pending() == 2  # delivered; deleted with the next commit
+    outbox.flush()
+    assert outbox.pending() == 0
+
+
+def test_rollback_stores_nothing(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    with pytest.raises(ValueError, match="boom"), UnitOfWork(dispatcher, outbox=outbox) as uow:
+        outbox.connection.execute("INSERT INTO users VALUES (1)")
+        uow.record(Registered(n=1))
+        raise ValueError("boom")
+    assert log == []
+    assert outbox.pending() == 0
+    assert count(outbox, "SELECT count(*) FROM users") == 0
+
+
+def test_an_event_the_codec_cannot_encode_rolls_back(
+    backend: ModuleType, outbox: SqliteOutbox
+) -> None:
+    with pytest.raises(TypeError, match="cannot encode events of type Unknown"):
+        with UnitOfWork(backend.Dispatcher(), outbox=outbox) as uow:
+            outbox.connection.execute("INSERT INTO users VALUES (1)")
+            uow.record(Unknown(n=1))
+    assert count(outbox, "SELECT count(*) FROM users") == 0
+    assert outbox.pending() == 0
+
+
+def test_delivered_rows_are_deleted_by_the_next_unit_of_work(
+    backend: ModuleType, outbox: SqliteOutbox
+) -> None:
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, lambda e: None)
+    for n in range(5):
+        with UnitOfWork(dispatcher, outbox=outbox) as uow:
+            uow.record(Registered(n=n))
+        assert outbox.pending() == 1
+
+
+def test_nested_events_are_stored_and_delivered_fifo(
+    backend: ModuleType, outbox: SqliteOutbox
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[str] = []
+    uow = UnitOfWork(dispatcher, outbox=outbox)
+
+    def on_registered(event: Registered) -> None:
+        log.append(f"registered {event.n}")
+        assert outbox.pending() == 2  # the committed round is stored
+        uow.record(Welcomed(n=event.n))
+
+    dispatcher.register_handler(Registered, on_registered)
+    dispatcher.register_handler(Welcomed, lambda e: log.append(f"welcomed {e.n}"))
+    with uow:
+        uow.record(Registered(n=1))
+        uow.record(Registered(n=2))
+    assert log == ["registered 1", "registered 2", "welcomed 1", "welcomed 2"]
+    outbox.flush()
+    assert outbox.pending() == 0
+
+
+def test_handler_failure_leaves_the_event_for_the_relay(
+    backend: ModuleType, outbox: SqliteOutbox
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    broken = [True]
+
+    def flaky(event: Registered) -> None:
+        if broken[0] and event.n == 2:
+            raise RuntimeError("mail server down")
+        log.append(event)
+
+    dispatcher.register_handler(Registered, flaky)
+    with pytest.raises(RuntimeError, match="mail server down") as info:
+        with UnitOfWork(dispatcher, outbox=outbox) as uow:
+            outbox.connection.execute("INSERT INTO users VALUES (1)")
+            for n in (1, 2, 3):
+                uow.record(Registered(n=n))
+    notes = "\n".join(info.value.__notes__)
+    assert "the unit of work was committed" in notes
+    assert "stays in the outbox" in notes
+    assert count(outbox, "SELECT count(*) FROM users") == 1
+    assert numbers(log) == [1]
+    assert outbox.pending() == 2  # 2 (failed once) and 3 (never dispatched)
+    assert count(outbox, "SELECT max(attempts) FROM domainbus_outbox") == 1
+    broken[0] = False
+    assert outbox.relay(dispatcher) == RelayResult(delivered=2)
+    assert numbers(log) == [1, 2, 3]
+
+
+def test_live_claims_are_not_relayed_by_another_outbox(
+    backend: ModuleType, outbox: SqliteOutbox, path: Path
+) -> None:
+    """While one unit of work delivers its events, another process's relay leaves them be."""
+    other = SqliteOutbox(path, CODEC)
+    dispatcher = backend.Dispatcher()
+    results: list[RelayResult] = []
+    dispatcher.register_handler(Registered, lambda e: results.append(other.relay(dispatcher)))
+    with UnitOfWork(dispatcher, outbox=outbox) as uow:
+        uow.record(Registered(n=1))
+    assert results == [RelayResult()]
+    assert other.relay(dispatcher) == RelayResult()  # delivered, held until the next commit
+    other.close()
+
+
+# -- relaying --------------------------------------------------------------------------------
+
+
+class SpyDispatcher:
+    """Delegates to a real dispatcher and records the size of each dispatch_batch call."""
+
+    on_error = "raise"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def dispatch(self, event: object) -> int:
+        return int(self.inner.dispatch(event))
+
+    def dispatch_batch(self, events: Iterable[object]) -> int:
+        batch = list(events)
+        self.batches.append(len(batch))
+        return int(self.inner.dispatch_batch(batch))
+
+
+def test_relay_delivers_in_order_in_batches(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    store_free(outbox, [Registered(n=n) for n in range(25)])
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    spy = SpyDispatcher(dispatcher)
+    assert outbox.relay(spy, batch_size=10) == RelayResult(delivered=25)
+    assert spy.batches == [10, 10, 5]
+    assert numbers(log) == list(range(25))
+    assert outbox.pending() == 0
+    assert outbox.relay(spy) == RelayResult()
+
+
+def test_corrupt_rows_go_to_the_dead_letter_table(
+    backend: ModuleType, outbox: SqliteOutbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    outbox.begin()
+    outbox.append([CODEC.encode(Registered(n=1))], claimed=False)
+    garbage = outbox.append([b"\xc1"], claimed=False).ids[0]
+    wrong = outbox.append([msgspec.msgpack.encode({"type": "Nope"})], claimed=False).ids[0]
+    outbox.append([CODEC.encode(Registered(n=2))], claimed=False)
+    outbox.commit()
+    with caplog.at_level(logging.ERROR, logger="domainbus.outbox"):
+        result = outbox.relay(dispatcher)
+    assert result == RelayResult(delivered=2, dead_lettered=(garbage, wrong))
+    assert numbers(log) == [1, 2]
+    assert f"outbox row {garbage} moved to the dead-letter table" in caplog.text
+    assert f"outbox row {wrong} moved to the dead-letter table" in caplog.text
+    letters = outbox.dead_letters()
+    assert [(d.outbox_id, d.payload[:1]) for d in letters] == [(garbage, b"\xc1"), (wrong, b"\x81")]
+    assert "undecodable" in letters[0].error
+    assert "unknown-tag" in letters[1].error
+    assert outbox.pending() == 0
+    assert outbox.relay(dispatcher) == RelayResult()  # no crash loop
+    assert outbox.requeue([d.id for d in letters]) == 2
+    assert outbox.dead_letters() == []
+    assert len(outbox.relay(dispatcher).dead_lettered) == 2  # still corrupt
+
+
+def test_failing_handler_retries_then_dead_letters(backend: ModuleType, path: Path) -> None:
+    outbox = SqliteOutbox(path, CODEC, max_attempts=2)
+    store_free(outbox, [Registered(n=n) for n in range(5)])
+    dispatcher = backend.Dispatcher()
+    log: list[int] = []
+
+    def handler(event: Registered) -> None:
+        log.append(event.n)
+        if event.n == 2:
+            raise RuntimeError("poison")
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(RuntimeError, match="poison") as first:
+        outbox.relay(dispatcher)
+    assert "which stays pending; 2 other event(s) of the batch were delivered" in "\n".join(
+        first.value.__notes__
+    )
+    assert log == [0, 1, 2]
+    assert outbox.pending() == 3
+    with pytest.raises(RuntimeError, match="poison") as second:
+        outbox.relay(dispatcher)
+    assert "moved to the dead-letter table" in "\n".join(second.value.__notes__)
+    assert outbox.relay(dispatcher) == RelayResult(delivered=2)
+    assert log == [0, 1, 2, 2, 3, 4]
+    [letter] = outbox.dead_letters()
+    assert letter.attempts == 2
+    assert "RuntimeError: poison (failed 2 times)" in letter.error
+    outbox.close()
+
+
+def test_failure_rolls_back_handler_writes_and_releases_the_batch(
+    backend: ModuleType, path: Path
+) -> None:
+    connection = sqlite3.connect(path)  # legacy mode: the INSERT opens a transaction
+    outbox = SqliteOutbox(connection, CODEC)
+    connection.execute("CREATE TABLE seen (n INTEGER)")
+    store_free(outbox, [Registered(n=n) for n in range(4)])
+    dispatcher = backend.Dispatcher()
+
+    def handler(event: Registered) -> None:
+        connection.execute("INSERT INTO seen VALUES (?)", (event.n,))
+        if event.n == 2:
+            raise RuntimeError("half way")
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(RuntimeError, match="half way"):
+        outbox.relay(dispatcher)
+    assert count(outbox, "SELECT count(*) FROM seen") == 0
+    assert outbox.pending() == 4
+    dispatcher.clear()
+    dispatcher.register_handler(
+        Registered, lambda e: connection.execute("INSERT INTO seen VALUES (?)", (e.n,))
+    )
+    assert outbox.relay(dispatcher) == RelayResult(delivered=4)
+    assert count(outbox, "SELECT count(*) FROM seen") == 4  # committed with the delivery
+    outbox.close()
+    connection.close()
+
+
+def test_collect_mode_counts_each_failing_row(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    store_free(outbox, [Registered(n=n) for n in range(5)])
+    dispatcher = backend.Dispatcher(on_error="collect")
+    log: list[int] = []
+
+    def handler(event: Registered) -> None:
+        log.append(event.n)
+        if event.n in (1, 3):
+            raise RuntimeError(f"bad {event.n}")
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(ExceptionGroup) as info:
+        outbox.relay(dispatcher)
+    assert len(info.value.exceptions) == 2
+    assert log == [0, 1, 2, 3, 4]
+    assert outbox.pending() == 2
+    assert count(outbox, "SELECT sum(attempts) FROM domainbus_outbox") == 2
+
+
+def test_relay_checks_its_arguments(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        outbox.relay(backend.Dispatcher(), batch_size=0)
+    with pytest.raises(TypeError, match="dispatch_batch"):
+        outbox.relay(object())  # type: ignore[arg-type]
+
+
+# -- idempotent handlers ---------------------------------------------------------------------
+
+
+def test_idempotent_runs_once_per_event(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    dispatcher = backend.Dispatcher()
+    calls: list[int] = []
+
+    def remember(event: Registered) -> None:
+        calls.append(event.n)
+
+    dispatcher.register_handler(Registered, idempotent(remember, outbox))
+    dispatcher.register_handler(Registered, idempotent(remember, outbox, key="second-consumer"))
+    event = Registered(n=7)
+    dispatcher.dispatch(event)
+    dispatcher.dispatch(event)
+    dispatcher.dispatch(Registered(n=8))
+    assert calls == [7, 7, 8, 8]
+
+
+def test_idempotent_failure_records_nothing(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    """The handler's writes and the record commit or roll back together."""
+    attempts: list[int] = []
+
+    def write_then_fail(event: Registered) -> None:
+        outbox.connection.execute("INSERT INTO handled VALUES (?, 0)", (event.n,))
+        attempts.append(event.n)
+        if len(attempts) == 1:
+            raise RuntimeError("first try fails")
+
+    handler = idempotent(write_then_fail, outbox, key="writer")
+    event = Registered(n=1)
+    with pytest.raises(RuntimeError, match="first try"):
+        handler(event)
+    assert count(outbox, "SELECT count(*) FROM handled") == 0
+    handler(event)
+    handler(event)
+    assert attempts == [1, 1]
+    assert count(outbox, "SELECT count(*) FROM handled") == 1
+
+
+def test_idempotent_rejects_what_it_cannot_key(outbox: SqliteOutbox) -> None:
+    with pytest.raises(ValueError, match="pass key="):
+        idempotent(lambda e: None, outbox)
+    with pytest.raises(TypeError, match="synchronous"):
+
+        async def handler(event: object) -> None: ...
+
+        idempotent(handler, outbox)
+    with pytest.raises(TypeError, match="run_once"):
+        idempotent(print, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"uuid\.UUID event_id"):
+        idempotent(print, outbox)(object())
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["NORMAL", "FULL"])
+def test_wal_busy_timeout_and_synchronous_are_set(path: Path, level: Any) -> None:
+    with SqliteOutbox(path, CODEC, synchronous=level, busy_timeout=2.5) as outbox:
+        assert outbox.journal_mode == "wal"
+        assert outbox.synchronous == level
+        assert outbox.connection.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+
+
+def test_bad_settings_are_reported(path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous must be one of"):
+        SqliteOutbox(path, CODEC, synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_attempts"):
+        SqliteOutbox(path, CODEC, max_attempts=0)
+    with pytest.raises(TypeError, match="EventCodec"):
+        SqliteOutbox(path, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"path or a sqlite3\.Connection"):
+        SqliteOutbox(42, CODEC)  # type: ignore[arg-type]
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE t (x)")
+    connection.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(OutboxError, match="open transaction"):
+        SqliteOutbox(connection, CODEC)
+    connection.close()
+
+
+# -- crashes and concurrent relays, in real processes ----------------------------------------
+
+PRELUDE = """
+import importlib, os, signal, sys, time
+from domainbus import DomainEvent
+from domainbus.codec import EventCodec
+from domainbus.outbox import SqliteOutbox, idempotent
+from domainbus.uow import UnitOfWork
+
+backend = importlib.import_module(sys.argv[1])
+path = sys.argv[2]
+
+
+class Registered(DomainEvent):
+    n: int
+
+
+class Welcomed(DomainEvent):
+    n: int
+
+
+outbox = SqliteOutbox(path, EventCodec(Registered, Welcomed))
+dispatcher = backend.Dispatcher()
+
+
+def kill_myself():
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def spawn(tmp_path: Path, backend: ModuleType, path: Path, body: str, *args: str) -> Any:
+    script = tmp_path / f"child_{time.monotonic_ns()}.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    command = [sys.executable, str(script), backend.__name__, str(path), *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: Any) -> tuple[int, str]:
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out + err
+
+
+def exactly_once_handler(outbox: SqliteOutbox) -> Any:
+    """An idempotent handler writing one row per event through the outbox's connection."""
+
+    def handle(event: Registered) -> None:
+        outbox.connection.execute("INSERT INTO handled VALUES (?, ?)", (event.n, os.getpid()))
+
+    return idempotent(handle, outbox, key="handle")
+
+
+def assert_each_handled_once(outbox: SqliteOutbox, total: int) -> None:
+    assert count(outbox, "SELECT count(*) FROM handled") == total
+    assert count(outbox, "SELECT count(DISTINCT n) FROM handled") == total
+    assert outbox.pending() == 0
+    assert outbox.dead_letters() == []
+
+
+def test_killed_after_commit_before_dispatch(
+    backend: ModuleType, outbox: SqliteOutbox, path: Path, tmp_path: Path
+) -> None:
+    total = 50
+    child = spawn(
+        tmp_path,
+        backend,
+        path,
+        f"""
+        dispatcher.register_handler(Registered, lambda event: kill_myself())
+        with UnitOfWork(dispatcher, outbox=outbox) as uow:
+            outbox.connection.execute("INSERT INTO users VALUES (1)")
+            for n in range({total}):
+                uow.record(Registered(n=n))
+        """,
+    )
+    returncode, output = finish(child)
+    assert returncode == -signal.SIGKILL, output
+    assert count(outbox, "SELECT count(*) FROM users") == 1
+    assert outbox.pending() == total
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, exactly_once_handler(outbox))
+    assert outbox.relay(dispatcher) == RelayResult()  # still claimed: the lease runs
+    assert outbox.relay(dispatcher, take_over=True) == RelayResult(delivered=total)
+    assert outbox.relay(dispatcher, take_over=True) == RelayResult()
+    assert_each_handled_once(outbox, total)
+
+
+def test_killed_during_relay(
+    backend: ModuleType, outbox: SqliteOutbox, path: Path, tmp_path: Path
+) -> None:
+    total, kill_at = 100, 35
+    store_free(outbox, [Registered(n=n) for n in range(total)])
+    child = spawn(
+        tmp_path,
+        backend,
+        path,
+        f"""
+        handled = []
+
+        def handle(event):
+            outbox.connection.execute("INSERT INTO handled VALUES (?, ?)", (event.n, os.getpid()))
+            handled.append(event.n)
+            if len(handled) == {kill_at}:
+                kill_myself()  # inside the handler's transaction: its row is rolled back
+
+        dispatcher.register_handler(Registered, idempotent(handle, outbox, key="handle"))
+        outbox.relay(dispatcher, batch_size=10)
+        """,
+    )
+    returncode, output = finish(child)
+    assert returncode == -signal.SIGKILL, output
+    assert count(outbox, "SELECT count(*) FROM handled") == kill_at - 1
+    assert outbox.pending() == total - 30  # three batches settled, the fourth was claimed
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, exactly_once_handler(outbox))
+    result = outbox.relay(dispatcher, take_over=True)
+    assert result == RelayResult(delivered=total - 30)  # redelivered, skipped where handled
+    assert_each_handled_once(outbox, total)
+
+
+def test_two_processes_relay_the_same_outbox(
+    backend: ModuleType, outbox: SqliteOutbox, path: Path, tmp_path: Path
+) -> None:
+    total = 3000
+    outbox.connection.execute("CREATE TABLE deliveries (n INTEGER)")
+    store_free(outbox, [Registered(n=n) for n in range(total)])
+    go = tmp_path / "go"
+    body = f"""
+        def handle(event):
+            outbox.connection.execute("INSERT INTO handled VALUES (?, ?)", (event.n, os.getpid()))
+
+        def count_delivery(event):  # not idempotent: would show any double dispatch
+            outbox.connection.execute("INSERT INTO deliveries VALUES (?)", (event.n,))
+
+        dispatcher.register_handler(Registered, idempotent(handle, outbox, key="handle"))
+        dispatcher.register_handler(Registered, count_delivery)
+        open(sys.argv[3], "w").close()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.002)
+        print(outbox.relay(dispatcher, batch_size=25).delivered)
+        """
+    ready = [tmp_path / "ready-a", tmp_path / "ready-b"]
+    children = [spawn(tmp_path, backend, path, body, str(flag)) for flag in ready]
+    deadline = time.monotonic() + 60
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    go.touch()
+    results = [finish(child) for child in children]
+    for returncode, output in results:
+        assert returncode == 0, output
+    assert sum(int(output.split()[-1]) for _, output in results) == total
+    assert count(outbox, "SELECT count(*) FROM deliveries") == total
+    assert count(outbox, "SELECT count(DISTINCT n) FROM deliveries") == total
+    assert_each_handled_once(outbox, total)
