@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -25,36 +26,39 @@ PRODUCERS = 4  # producer threads in the queue workload
 QUEUE_CAPACITY = 8_192
 QUEUE_BATCH = 256
 
-# the domainbus API each mode drives: (module, attribute path), None for the core dispatcher
-_NEEDS: dict[str, tuple[str, str] | None] = {
-    "batch": None,
-    "single": None,
-    "queue": ("domainbus", "BatchQueue"),
-    "async": ("domainbus.pure", "Dispatcher.dispatch_batch_async"),
-    "decode": ("domainbus.codec", "EventCodec"),
+# the domainbus API each mode drives ("module:attribute.path"), any one of which will do
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "batch": (),
+    "single": (),
+    "queue": ("domainbus.rust:BatchQueue", "domainbus.pure:BatchQueue"),
+    "async": (
+        "domainbus.rust:Dispatcher.dispatch_batch_async",
+        "domainbus.pure:Dispatcher.dispatch_batch_async",
+    ),
+    "decode": ("domainbus.codec:EventCodec",),
 }
 
 
-def _lookup(module: str, path: str) -> Any:
-    value: Any = importlib.import_module(module)
-    for name in path.split("."):
-        value = getattr(value, name)
-    return value
+def _importable(spec: str) -> bool:
+    module, _, path = spec.partition(":")
+    try:
+        value: Any = importlib.import_module(module)
+        for name in path.split("."):
+            value = getattr(value, name)
+    except (ImportError, AttributeError):
+        return False
+    return True
 
 
 def unavailable(mode: str) -> str | None:
     """Why the API behind `mode` cannot be used here (not written yet), or None."""
     if mode not in _NEEDS:
         raise ValueError(f"unknown workload mode {mode!r}; known: {', '.join(_NEEDS)}")
-    need = _NEEDS[mode]
-    if need is None:
+    needs = _NEEDS[mode]
+    if not needs or any(_importable(spec) for spec in needs):
         return None
-    module, path = need
-    try:
-        _lookup(module, path)
-    except (ImportError, AttributeError):
-        return f"{module}.{path} is not available in this domainbus build"
-    return None
+    names = " or ".join(spec.replace(":", ".") for spec in needs)
+    return f"{names} is not available in this domainbus build"
 
 
 @contextlib.contextmanager
@@ -119,23 +123,68 @@ def _async(bus: Bus, events: Sequence[Any]) -> Iterator[Run]:
 
 @contextlib.contextmanager
 def _queue(bus: Bus, events: Sequence[Any]) -> Iterator[Run]:
-    if bus.dispatcher is None:
-        raise NotApplicable("has no queue")
-    from domainbus import BatchQueue  # type: ignore[attr-defined]
+    """`PRODUCERS` threads put a share of the events each; the run ends when all are handled.
 
-    queue = BatchQueue(bus.dispatcher, capacity=QUEUE_CAPACITY, batch_size=QUEUE_BATCH)
+    domainbus backends use their own `BatchQueue`; the other systems get what their users would
+    write otherwise: a `queue.SimpleQueue` and a consumer thread calling the system per event.
+    """
     chunks = [events[i::PRODUCERS] for i in range(PRODUCERS)]
-    queue.start()
+    batch_queue = getattr(bus.backend, "BatchQueue", None)
+    if bus.backend is not None and batch_queue is None:
+        raise NotApplicable(f"{bus.backend.__name__} has no BatchQueue")
+    if batch_queue is None:
+        yield lambda: _through_simple_queue(bus.publish, chunks)
+        return
+    batcher = batch_queue(bus.dispatcher, capacity=QUEUE_CAPACITY, batch_size=QUEUE_BATCH)
+    batcher.start()
 
     def run() -> None:
-        producers = [threading.Thread(target=queue.put_many, args=(chunk,)) for chunk in chunks]
-        for producer in producers:
-            producer.start()
-        for producer in producers:
-            producer.join()
-        queue.join()
+        _in_threads(batcher.put_many, chunks)
+        batcher.join()
 
     try:
         yield run
     finally:
-        queue.stop()
+        batcher.stop()
+
+
+def _in_threads(target: Callable[[Sequence[Any]], object], chunks: Sequence[Sequence[Any]]) -> None:
+    """`target(chunk)` for every chunk, each in its own thread, all at once; waits for all."""
+    threads = [threading.Thread(target=target, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+_END = object()
+
+
+def _through_simple_queue(
+    publish: Callable[[Any], object], chunks: Sequence[Sequence[Any]]
+) -> None:
+    handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        get = handoff.get
+        try:
+            while (event := get()) is not _END:
+                publish(event)
+        except BaseException as exc:  # handed to the caller below, not lost in the thread
+            failures.append(exc)
+
+    def produce(chunk: Sequence[Any]) -> None:
+        put = handoff.put
+        for event in chunk:
+            put(event)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        _in_threads(produce, chunks)
+    finally:
+        handoff.put(_END)
+        consumer.join()
+    if failures:
+        raise failures[0]

@@ -14,6 +14,7 @@ import importlib.util
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Literal
 
 from domainbus.bench.handlers import Handler
@@ -47,7 +48,8 @@ class Bus:
     publish: Callable[[Any], object]
     publish_many: Callable[[Sequence[Any]], object]
     publish_many_async: Callable[[Sequence[Any]], Awaitable[object]] | None = None
-    dispatcher: Any = None  # the domainbus Dispatcher behind the bus (the queue workload needs it)
+    dispatcher: Any = None  # the domainbus Dispatcher behind the bus, if any
+    backend: ModuleType | None = None  # its backend module (domainbus.rust or domainbus.pure)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ def _domainbus(module: str) -> Callable[[Wiring], contextlib.AbstractContextMana
             publish_many=dispatcher.dispatch_batch,
             publish_many_async=getattr(dispatcher, "dispatch_batch_async", None),
             dispatcher=dispatcher,
+            backend=backend,
         )
         dispatcher.clear()
 

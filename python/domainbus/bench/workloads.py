@@ -60,6 +60,8 @@ class Workload:
         """Why `system` cannot express this workload, or None."""
         if self.needs_mro and system.routing == "exact":
             return "routes by exact type only, not along the MRO"
+        if self.mode == "queue" and system.routing == "none":
+            return "a thread handoff is not a floor (see the queue.SimpleQueue rows)"
         return None
 
     def wiring(self, handlers: Sequence[Handler]) -> Wiring:
@@ -116,7 +118,8 @@ WORKLOADS: tuple[Workload, ...] = (
     ),
     Workload(
         "queue",
-        "10 classes, 1 handler each, BatchQueue fed by 4 producer threads",
+        "10 classes, 1 handler each, 4 producer threads into a BatchQueue"
+        " (other systems: a queue.SimpleQueue and a consumer thread)",
         FLAT_TYPES,
         _flat(1),
         mode="queue",
@@ -130,7 +133,7 @@ WORKLOADS: tuple[Workload, ...] = (
     ),
     Workload(
         "decode",
-        "10 classes, 1 handler each, decode a msgpack buffer then dispatch the batch",
+        "10 classes, 1 handler each, decode msgpack buffers of 1,000 events, dispatch each batch",
         FLAT_TYPES,
         _flat(1),
         mode="decode",
