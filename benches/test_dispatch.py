@@ -18,11 +18,11 @@ import pytest
 from domainbus.bench.handlers import noop_handlers
 from domainbus.bench.runner import check, prepared
 from domainbus.bench.systems import by_name
-from domainbus.bench.workloads import Workload
+from domainbus.bench.workloads import Mode, Workload
 from domainbus.bench.workloads import by_name as workload
 
 # variant -> (system, how the events are published)
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, Mode]] = {
     "rust-batch": ("domainbus-rust", "batch"),
     "rust-loop": ("domainbus-rust", "single"),
     "pure-batch": ("domainbus-pure", "batch"),
