@@ -154,3 +154,15 @@ def test_info_and_demo(tmp_path: Path) -> None:
     assert demo.returncode == 0
     assert demo.stdout.count("-> 3 handler calls") == 2
     assert "send_welcome_email" in demo.stdout
+
+
+def test_bench_without_its_module_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from domainbus import cli
+
+    monkeypatch.setitem(sys.modules, "domainbus.bench.cli", None)  # makes the import fail
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("domainbus bench: the benchmark module is not available")

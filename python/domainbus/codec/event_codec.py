@@ -4,48 +4,29 @@ The tag of each event class (its name unless the class sets `tag=`) selects the 
 decoding, so a codec is a tagged union of its classes. Each format uses one msgspec Encoder and
 one Decoder per shape (single event, list of events), built once.
 
-Schema evolution:
-
-- A field added with a default needs nothing: old records decode, the default fills it in.
-- A breaking change bumps the version, which lives in the tag: `"UserRegistered.v2"` is version
-  2 of the event named "UserRegistered"; a tag without a `.vN` suffix is version 1. Old records
-  then carry a tag that no current class has, so the fast typed decode rejects them instead of
-  misreading them; only those records take the slow path: decoded to a raw mapping, passed
-  through the upcasters registered with `@codec.upcaster(name, from_version=N)` (each turns a
-  version-N field mapping into a version-N+1 one), then converted to the current class.
-  Records of the current version never pay for the upcasters.
+Schema evolution: a field added with a default needs nothing (old records decode, the default
+fills it in); a breaking change bumps the version in the tag ("UserRegistered.v2") and old
+records are upcast by the functions registered with `@codec.upcaster(name, from_version=N)`
+(see `domainbus.codec.versions`). Records of the current version never pay for upcasting.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
-from typing import Any, TypeVar, Union
+from typing import Any, Union
 
 import msgspec
 
 from domainbus.codec.frames import OnInvalid
 from domainbus.codec.invalid import InvalidRecord, malformed
 from domainbus.codec.streams import Batch, Source, StreamWriter, iter_indexed_batches
+from domainbus.codec.versions import Tag, U, Upcaster, Versions, split_tag
 from domainbus.events import DomainEvent
 
 __all__ = ["EventCodec", "Upcaster", "split_tag"]
-
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-U = TypeVar("U", bound=Upcaster)
-Tag = str | int
-
-_VERSIONED_TAG = re.compile(r"(?P<name>.+)\.v(?P<version>[0-9]+)")
-
-
-def split_tag(tag: Tag) -> tuple[Tag, int]:
-    """`(name, version)` of a tag: "UserRegistered.v2" -> ("UserRegistered", 2); no suffix: 1."""
-    if isinstance(tag, str) and (match := _VERSIONED_TAG.fullmatch(tag)):
-        return match["name"], int(match["version"])
-    return tag, 1
 
 
 class EventCodec:
@@ -53,7 +34,9 @@ class EventCodec:
 
     Decoding raises `DecodeError` with the reason: "truncated", "garbage", "unknown-tag",
     "invalid-field" or "upcast-failed". Encoding an event of a class the codec does not know
-    raises TypeError, so nothing is written that this codec could not read back.
+    raises TypeError, so nothing is written that this codec could not read back (one caveat:
+    JSON has no NaN or infinity; msgspec writes them as null, which then fails to decode as
+    a float field). A codec may be shared by threads; register upcasters before using it.
     """
 
     def __init__(self, *event_types: type[DomainEvent]) -> None:
@@ -68,11 +51,7 @@ class EventCodec:
         self.event_types: tuple[type[DomainEvent], ...] = types
         self.tag_field: str = _tag_field(types)
         self._type_set = frozenset(types)
-        self._by_tag: dict[Tag, type[DomainEvent]] = {}
-        self._current: dict[Tag, tuple[int, type[DomainEvent]]] = {}
-        for event_type in types:
-            self._add_tag(event_type)
-        self._upcasters: dict[tuple[Tag, int], Upcaster] = {}
+        self._versions = Versions(types, self.tag_field)
 
         union: Any = Union[types]  # noqa: UP007 (a runtime tuple of types)
         self._msgpack_encoder = msgspec.msgpack.Encoder()
@@ -113,44 +92,14 @@ class EventCodec:
         names = ", ".join(t.__qualname__ for t in self.event_types)
         return f"EventCodec({names})"
 
-    def _add_tag(self, event_type: type[DomainEvent]) -> None:
-        tag: Tag = event_type.__struct_config__.tag  # type: ignore[assignment]
-        if tag in self._by_tag:
-            other = self._by_tag[tag].__qualname__
-            raise ValueError(f"{event_type.__qualname__} and {other} share the tag {tag!r}")
-        name, version = split_tag(tag)
-        if name in self._current:
-            other = self._current[name][1].__qualname__
-            raise ValueError(
-                f"{event_type.__qualname__} and {other} are both versions of {name!r}; "
-                "a codec decodes old versions with upcasters, keep only the current class"
-            )
-        self._by_tag[tag] = event_type
-        self._current[name] = (version, event_type)
-
-    # -- upcasters --------------------------------------------------------------------------
-
     def upcaster(self, name: Tag, *, from_version: int) -> Callable[[U], U]:
         """Register `fn(fields) -> fields` turning a version-`from_version` record of the event
-        named `name` into a version-`from_version + 1` one (the field mapping, tag excluded)."""
-        if name not in self._current:
-            raise ValueError(f"no event named {name!r} in {self!r}")
-        current = self._current[name][0]
-        if not (isinstance(from_version, int) and 1 <= from_version < current):
-            raise ValueError(
-                f"from_version must be an int from 1 to {current - 1} for {name!r} "
-                f"(its current version is {current}), not {from_version!r}"
-            )
-        if (name, from_version) in self._upcasters:
-            raise ValueError(f"an upcaster for {name!r} from version {from_version} exists")
+        named `name` into a version-`from_version + 1` one (the field mapping, tag excluded).
 
-        def register(fn: U) -> U:
-            if not callable(fn):
-                raise TypeError(f"an upcaster must be callable, not {type(fn).__qualname__}")
-            self._upcasters[name, from_version] = fn
-            return fn
-
-        return register
+        ValueError if this codec has no event called `name`, if `from_version` is not below
+        its current version, or if that step already has an upcaster.
+        """
+        return self._versions.upcaster(name, from_version)
 
     # -- single events and batches ----------------------------------------------------------
 
@@ -287,7 +236,7 @@ class EventCodec:
             mapping = self._msgpack_raw_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise malformed(exc) from None
-        return self._upcast(mapping, typed_error)
+        return self._versions.resolve(mapping, typed_error)
 
     def decode_json_record(self, data: bytes | str) -> DomainEvent:
         """One JSON record: the fast typed decode, else upcasting; or InvalidRecord."""
@@ -299,53 +248,7 @@ class EventCodec:
             mapping = self._json_raw_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise malformed(exc) from None
-        return self._upcast(mapping, typed_error)
-
-    def _upcast(self, mapping: object, typed_error: Exception) -> DomainEvent:
-        """Upcast an old-version raw record, or explain why the typed decode failed."""
-        if not isinstance(mapping, dict):
-            raise InvalidRecord("garbage", f"expected an event object, got {_kind(mapping)}")
-        tag = mapping.get(self.tag_field)
-        if not isinstance(tag, str | int):
-            raise InvalidRecord("unknown-tag", f"record has no {self.tag_field!r} field")
-        if tag in self._by_tag:
-            raise InvalidRecord("invalid-field", str(typed_error))
-        name, version = split_tag(tag)
-        current_version, event_type = self._current.get(name, (0, DomainEvent))
-        if version >= current_version:
-            raise InvalidRecord("unknown-tag", f"unknown event tag {tag!r} (not in {self!r})")
-        fields = {key: value for key, value in mapping.items() if key != self.tag_field}
-        for step in range(version, current_version):
-            fields = self._upcast_step(name, step, fields)
-        fields[self.tag_field] = event_type.__struct_config__.tag
-        try:
-            return msgspec.convert(fields, event_type)
-        except msgspec.ValidationError as exc:
-            raise InvalidRecord(
-                "upcast-failed",
-                f"{name!r} upcast from version {version} does not fit "
-                f"{event_type.__qualname__}: {exc}",
-            ) from None
-
-    def _upcast_step(self, name: Tag, version: int, fields: dict[str, Any]) -> dict[str, Any]:
-        upcaster = self._upcasters.get((name, version))
-        if upcaster is None:
-            raise InvalidRecord(
-                "upcast-failed", f"no upcaster registered for {name!r} from version {version}"
-            )
-        try:
-            result = upcaster(fields)
-        except Exception as exc:
-            raise InvalidRecord(
-                "upcast-failed", f"upcaster for {name!r} from version {version} raised {exc!r}"
-            ) from exc
-        if not isinstance(result, dict):
-            raise InvalidRecord(
-                "upcast-failed",
-                f"upcaster for {name!r} from version {version} returned {_kind(result)}, "
-                "not a dict",
-            )
-        return result
+        return self._versions.resolve(mapping, typed_error)
 
 
 def _tag_field(types: tuple[type[DomainEvent], ...]) -> str:
@@ -353,7 +256,3 @@ def _tag_field(types: tuple[type[DomainEvent], ...]) -> str:
     if len(fields) != 1 or None in fields:
         raise ValueError(f"event types must share one tag field, found {sorted(map(str, fields))}")
     return fields.pop()  # type: ignore[return-value]
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
