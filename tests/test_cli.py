@@ -122,6 +122,17 @@ def test_a_dispatcher_factory_and_the_demo_codec(project: Path) -> None:
     assert "dispatched 6 events (18 handler calls)" in run.stdout
 
 
+def test_an_unreadable_stream_is_exit_1_without_a_resume_hint(project: Path) -> None:
+    (project / "log.bin").write_bytes(b"\x00\x01 not a stream")
+    run = ("run", "handlers:dispatcher", "log.bin", "--format", "msgpack")
+    result = domainbus(*run, cwd=project, env={"SEEN_FILE": "seen.txt"})
+    assert result.returncode == 1
+    assert result.stderr == (
+        "domainbus run: log.bin, byte offset 0: garbage: "
+        "not a domainbus msgpack stream (missing header)\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import struct
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -522,3 +523,14 @@ def test_from_modules_takes_the_events_defined_in_each_module() -> None:
     assert EventCodec.from_modules(demo).event_types == demo.EVENT_TYPES
     with pytest.raises(ValueError, match="no DomainEvent subclasses defined in json"):
         EventCodec.from_modules(json)
+
+
+def test_decode_errors_survive_pickling() -> None:
+    error = error_of(MAGIC + bad_frame(raw_record(GOOD[0], user_id=5)))
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.reason, copy.offset, copy.index, str(copy)) == (
+        error.reason,
+        error.offset,
+        error.index,
+        str(error),
+    )

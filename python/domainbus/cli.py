@@ -209,6 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 advance(len(batch.events))
     except DecodeError as exc:
         print(f"domainbus run: {exc}", file=sys.stderr)
+        if exc.index is None:  # the stream as a whole is unreadable
+            return 1
         print(
             f"  events before {exc.index} were dispatched; fix the record, use --dead-letter "
             f"PATH, or skip it: {_resume_command(args.argv, (exc.index or 0) + 1)}",

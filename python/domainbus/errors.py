@@ -38,9 +38,9 @@ class DecodeError(DomainbusError):
         self.line = line
         self.index = index
         self.source = source
-        super().__init__(self._describe())
+        super().__init__(reason, detail)  # args that rebuild it (pickle restores the rest)
 
-    def _describe(self) -> str:
+    def __str__(self) -> str:
         where = [self.source] if self.source else []
         if self.line is not None:
             where.append(f"line {self.line}")
