@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(_markdown(report.HEADERS, report.table(rows)))
     print()
+    for workload in chosen_workloads:
+        print(f"{workload.name}: {workload.summary}")
     for note in report.notes(rows):
         print(note)
     print(f"took {time.perf_counter() - started:.1f} s")

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from domainbus.bench.runner import Outcome
-from domainbus.bench.systems import REFERENCE
+from domainbus.bench.systems import REFERENCE, SYSTEMS
 
 __all__ = ["Environment", "Row", "environment", "notes", "plot", "rows", "table", "write_json"]
 
@@ -140,6 +140,7 @@ def table(report_rows: Sequence[Row]) -> list[list[str]]:
     return cells
 
 
+SYSTEM_ORDER = [system.name for system in SYSTEMS]  # fixed colours in every chart
 HEADERS = ("workload", "system", "ns/event", "spread", "events/s", "vs rust")
 
 
@@ -199,12 +200,19 @@ def plot(path: Path, report_rows: Sequence[Row], title: str) -> None:
         xs = [w + (index - (len(systems) - 1) / 2) * width for w in range(len(workloads))]
         ys = [median.get((workload, system)) for workload in workloads]
         present = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
-        axes.bar([x for x, _ in present], [y for _, y in present], width, label=system)
+        color = f"C{SYSTEM_ORDER.index(system) % 10}" if system in SYSTEM_ORDER else None
+        axes.bar([x for x, _ in present], [y for _, y in present], width, label=system, color=color)
     axes.set_yscale("log")
     axes.set_ylabel("ns per event (median, log scale; lower is better)")
     axes.set_xticks(range(len(workloads)), workloads)
     axes.set_title(title)
-    axes.legend(fontsize="small", ncols=min(len(systems), 4))
+    axes.legend(
+        fontsize="small",
+        ncols=min(len(systems), 4),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08),
+        frameon=False,
+    )
     axes.grid(axis="y", which="both", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=150)
