@@ -194,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     position = args.start_at
     started = time.perf_counter()
     try:
-        with _progress("replaying", _total(args, codec)) as advance:
+        with _progress("replaying", _total(args)) as advance:
             for batch in batches:
                 position = batch.start
                 iterator = iter(batch.events)
@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(
             f"  events before {exc.index} were dispatched; fix the record, use --dead-letter "
-            f"PATH, or skip it: {_resume_command(args.argv, (exc.index or 0) + 1)}",
+            f"PATH, or skip it: {_resume_command(args.argv, exc.index + 1)}",
             file=sys.stderr,
         )
         return 1
@@ -235,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _total(args: argparse.Namespace, codec: EventCodec) -> int | None:
+def _total(args: argparse.Namespace) -> int | None:
     """Events left to replay, for the progress bar: counted from frame headers (msgpack only,
     and only on a terminal); None when unknown."""
     if not sys.stderr.isatty():
@@ -250,7 +250,7 @@ def _report_failure(args: argparse.Namespace, exc: Exception, failed: int, done:
     traceback.print_exception(exc, file=sys.stderr)
     print(f"domainbus run: a handler failed on event {failed}: {exc!r}", file=sys.stderr)
     print(
-        f"  {done:,} events before it were dispatched; after fixing, resume with:\n"
+        f"  this run dispatched {done:,} events before it; after fixing, resume with:\n"
         f"  {_resume_command(args.argv, failed)}\n"
         "  (handlers that already ran for that event run again)",
         file=sys.stderr,
