@@ -322,23 +322,28 @@ class BatchQueue:
             if self._worker_active:
                 raise RuntimeError("this BatchQueue is already started")
             self._worker_active = True
-            finished, self._worker = self._worker, None
-        if finished is not None:  # the thread of a consumer that failed: it is ending
-            finished.join()
         try:
-            self._acquire_role(None)  # the worker records its own ident when it runs
+            self._launch()
         except BaseException:
             self._worker_active = False
             raise
-        worker = threading.Thread(target=self._consume, name="domainbus-BatchQueue", daemon=True)
+
+    def _launch(self) -> None:
         with self._lock:
-            self._worker = worker
+            finished, self._worker = self._worker, None
+        if finished is not None:
+            finished.join()  # the thread of a consumer that failed: it is ending
+        self._acquire_role(None)  # the worker records its own ident when it runs
         try:
+            worker = threading.Thread(
+                target=self._consume, name="domainbus-BatchQueue", daemon=True
+            )
+            with self._lock:
+                self._worker = worker
             worker.start()
         except BaseException:
             with self._lock:
                 self._worker = None
-                self._worker_active = False
                 self._release_role()
             raise
 
