@@ -8,11 +8,16 @@ that the system made exactly the expected handler calls.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from domainbus.bench.cli import add_arguments, run
 from domainbus.bench.handlers import noop_handlers
 from domainbus.bench.runner import check, prepared, skip_reason
 from domainbus.bench.systems import SYSTEMS, NotApplicable, System
@@ -56,3 +61,27 @@ def test_check_catches_a_system_that_routes_wrongly() -> None:
     failure = check(hierarchy, article, hierarchy.build_events(100))
     assert failure is not None
     assert failure.startswith("wrong handler calls: 0 made, 300 expected")
+
+
+def test_domainbus_bench_command_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`domainbus bench` with a few events: table, JSON and chart, so the command cannot rot."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["--events", "300", "--rounds", "1", "--json", str(json_path)]
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    if has_matplotlib:
+        argv += ["--plot", str(png_path)]
+    assert run(parser.parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert "| 1-handler  | domainbus-rust |" in out
+    document = msgspec.json.decode(json_path.read_bytes())
+    assert document["events"] == 300
+    assert {"python", "cpu", "domainbus_version"} <= document["environment"].keys()
+    timed = [row for row in document["results"] if row["status"] == "ok"]
+    assert {row["workload"] for row in timed} >= {"1-handler", "3-handlers", "single", "hierarchy"}
+    assert all(row["status"] != "failed" for row in document["results"])
+    if has_matplotlib:
+        assert png_path.read_bytes().startswith(b"\x89PNG")
