@@ -136,11 +136,12 @@ class UnitOfWork:
         *,
         outbox: OutboxStore | None = None,
     ) -> None:
-        if not callable(getattr(dispatcher, "dispatch", None)):
+        try:
+            self._dispatch = dispatcher.dispatch
+        except AttributeError:
             raise TypeError(
                 f"dispatcher must have a dispatch() method, not {type(dispatcher).__qualname__}"
-            )
-        self._dispatcher = dispatcher
+            ) from None
         self._outbox = outbox
         self._tx: Transaction | None
         if outbox is not None:
@@ -193,6 +194,9 @@ class UnitOfWork:
 
     def _collect(self) -> list[Any]:
         """Take the pending events of every source, in source order."""
+        if len(self._sources) == 1:
+            (source,) = self._sources.values()
+            return source.pull_events()
         events: list[Any] = []
         for source in list(self._sources.values()):  # a handler may track more meanwhile
             events.extend(source.pull_events())
@@ -252,7 +256,7 @@ class UnitOfWork:
 
     def _dispatch_rounds(self, events: list[Any], batch: Batch | None) -> None:
         """Dispatch committed events, then those handlers record, round after round (FIFO)."""
-        dispatch = self._dispatcher.dispatch
+        dispatch = self._dispatch
         outbox = self._outbox
         while events:
             queued: list[Any] = []

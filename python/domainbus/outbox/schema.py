@@ -1,10 +1,13 @@
 """The outbox's tables and statements in SQLite, and the connection settings it needs.
 
 - `domainbus_outbox`: one row per undelivered event (msgpack payload); a row is deleted once
-  its event is delivered, so the table holds only the backlog.
-- `domainbus_outbox_claims`: one row per batch being delivered, covering the contiguous id
-  range [first_id, last_id] of its rows; rows in no live claim are free to claim. A claim is a
-  single row however large the batch, which keeps claiming as cheap as reading.
+  its event is delivered, so the table holds only the backlog. A unit of work writes its rows
+  already claimed (`claim`, a random number per batch, and `claimed_at`), so they cost no
+  write anywhere else.
+- `domainbus_outbox_claims`: one row per batch a relay is delivering, covering the id range
+  [first_id, last_id] of its rows. A claim is a single row however large the batch, which
+  keeps claiming as cheap as reading. A row is free when no live relay claim covers it and its
+  own claim is empty or older than the lease.
 - `domainbus_dead_letters`: rows that could not be decoded or whose handlers kept failing.
 - `domainbus_processed`: (handler key, event id) pairs that `idempotent` handlers have run.
 """
@@ -26,6 +29,8 @@ TABLES = (
     """CREATE TABLE IF NOT EXISTS domainbus_outbox (
         id INTEGER PRIMARY KEY,
         payload BLOB NOT NULL,
+        claim INTEGER,
+        claimed_at REAL,
         attempts INTEGER NOT NULL DEFAULT 0,
         last_error TEXT
     )""",
@@ -58,17 +63,23 @@ TABLE_NAMES = (
     "domainbus_processed",
 )
 
-INSERT_ONE = "INSERT INTO domainbus_outbox (payload) VALUES (?)"
+INSERT_ONE = "INSERT INTO domainbus_outbox (payload, claim, claimed_at) VALUES (?, ?, ?)"
 INSERT_CLAIM = "INSERT INTO domainbus_outbox_claims VALUES (?, ?, ?, ?, ?)"
 DELETE_CLAIM = "DELETE FROM domainbus_outbox_claims WHERE claim = ?"
 DELETE_STALE_CLAIMS = "DELETE FROM domainbus_outbox_claims WHERE claimed_at < ?"
 DELETE_FOREIGN_CLAIMS = "DELETE FROM domainbus_outbox_claims WHERE owner != ?"
 LIVE_CLAIMS = "SELECT first_id, last_id FROM domainbus_outbox_claims ORDER BY first_id"
 _SELECT = "SELECT id, payload, attempts FROM domainbus_outbox"
-SELECT_AFTER = f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?"
-SELECT_BETWEEN = f"{_SELECT} WHERE id > ? AND id < ? ORDER BY id LIMIT ?"
+_FREE = "(claim IS NULL OR claimed_at < ?)"
+SELECT_AFTER = f"{_SELECT} WHERE id > ? AND {_FREE} ORDER BY id LIMIT ?"
+SELECT_BETWEEN = f"{_SELECT} WHERE id > ? AND id < ? AND {_FREE} ORDER BY id LIMIT ?"
 DELETE_RANGE = "DELETE FROM domainbus_outbox WHERE id BETWEEN ? AND ?"
+DELETE_OWN_RANGE = "DELETE FROM domainbus_outbox WHERE id BETWEEN ? AND ? AND claim = ?"
 DELETE_ONE = "DELETE FROM domainbus_outbox WHERE id = ?"
+RELEASE_OWN_RANGE = (
+    "UPDATE domainbus_outbox SET claim = NULL, claimed_at = NULL "
+    "WHERE id BETWEEN ? AND ? AND claim = ?"
+)
 COUNT_FAILURE = (
     "UPDATE domainbus_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ? "
     "RETURNING attempts"
@@ -90,9 +101,14 @@ DELETE_DEAD_LETTER = "DELETE FROM domainbus_dead_letters WHERE id = ?"
 
 
 def insert_many(count: int) -> str:
-    """An INSERT of `count` payloads that returns the new ids."""
-    values = ", ".join(["(?)"] * count)
-    return f"INSERT INTO domainbus_outbox (payload) VALUES {values} RETURNING id"
+    """An INSERT of `count` (payload, claim, claimed_at) rows that returns the new ids."""
+    values = ", ".join(["(?, ?, ?)"] * count)
+    return f"INSERT INTO domainbus_outbox (payload, claim, claimed_at) VALUES {values} RETURNING id"
+
+
+def delete_ids(count: int) -> str:
+    """A DELETE of `count` rows by id."""
+    return f"DELETE FROM domainbus_outbox WHERE id IN ({', '.join('?' * count)})"
 
 
 def configure(connection: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:

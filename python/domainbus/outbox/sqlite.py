@@ -13,6 +13,7 @@ write path at one transaction per unit of work. A crash before that re-delivers 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -33,7 +34,8 @@ __all__ = ["SqliteOutbox"]
 
 logger = logging.getLogger("domainbus.outbox")
 
-_MAX_ROWS_PER_INSERT = 500
+_MAX_ROWS_PER_INSERT = 1000  # 3 parameters a row; SQLite 3.32+ allows 32,766
+_MAX_IDS_PER_DELETE = 5000
 
 
 class SqliteOutbox:
@@ -90,6 +92,7 @@ class SqliteOutbox:
             if self._owns_connection:
                 connection.close()
             raise
+        self._connection = connection
         self.codec = codec
         self.lease = float(lease)
         self.max_attempts = max_attempts
@@ -121,19 +124,26 @@ class SqliteOutbox:
 
     @property
     def in_transaction(self) -> bool:
-        return self._tx.connection.in_transaction
+        return self._connection.in_transaction
 
     def begin(self) -> None:
         """Start a write transaction (BEGIN IMMEDIATE)."""
-        self._tx.begin()
+        self._cursor.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
         """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
-        held = self._held
-        for batch in held:
-            self.settle(batch, delivered=batch.ids)
-        self._tx.commit()
-        del held[:]
+        if self._held:
+            self._settle_held()
+        self._cursor.execute("COMMIT")
+        self._held.clear()
+
+    def _settle_held(self) -> None:
+        for batch in self._held:
+            if batch.in_rows:  # the common case, a unit of work's batch: one statement
+                params = (batch.ids[0], batch.ids[-1], batch.claim)
+                self._cursor.execute(sql.DELETE_OWN_RANGE, params)
+            else:
+                self.settle(batch, delivered=batch.ids)
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any (held batches stay held)."""
@@ -166,63 +176,69 @@ class SqliteOutbox:
     # -- writing and claiming --------------------------------------------------------------
 
     def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> Batch:
-        """Insert encoded events in the current transaction; claimed by this outbox or free."""
+        """Insert encoded events in the current transaction, claimed by this outbox or free.
+
+        The claim is written into the rows (no other table is touched), as a random number
+        for this batch and the time.
+        """
         cursor = self._cursor
+        claim = self._rng.getrandbits(63) if claimed else None
+        now = time.time() if claimed else None
         if len(payloads) == 1:
-            ids = [cursor.execute(sql.INSERT_ONE, (payloads[0],)).lastrowid or 0]
+            ids = [cursor.execute(sql.INSERT_ONE, (payloads[0], claim, now)).lastrowid or 0]
         else:
             ids = []
             for start in range(0, len(payloads), _MAX_ROWS_PER_INSERT):
                 chunk = payloads[start : start + _MAX_ROWS_PER_INSERT]
-                ids.extend(row[0] for row in cursor.execute(sql.insert_many(len(chunk)), chunk))
+                values = [value for payload in chunk for value in (payload, claim, now)]
+                ids.extend(row[0] for row in cursor.execute(sql.insert_many(len(chunk)), values))
             ids.sort()  # RETURNING gives no order; ids grow in insertion order
-        claim = 0
-        if claimed and ids:
-            claim = self._new_claim(ids[0], ids[-1], time.time())
-        return Batch(claim, ids, [], [])
-
-    def _new_claim(self, first_id: int, last_id: int, now: float) -> int:
-        claim = self._rng.getrandbits(63)
-        self._cursor.execute(sql.INSERT_CLAIM, (claim, self._owner, first_id, last_id, now))
-        return claim
+        return Batch(claim or 0, ids, [], [], in_rows=True)
 
     def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
         """Claim up to `limit` of the oldest free rows, in a transaction of its own.
 
-        Claims older than the lease are dropped first; with `take_over`, every claim of
-        another outbox is (use it at start-up when no other relay can be running).
+        Claims older than the lease are void; with `take_over`, so is every claim that is not
+        this outbox's (use it at start-up when no other process relays this file, never from
+        inside a handler).
         """
         cursor = self._cursor
         now = time.time()
         self.begin()
         try:
+            self._settle_held()
             if take_over:
                 cursor.execute(sql.DELETE_FOREIGN_CLAIMS, (self._owner,))
+                stale = math.inf
             else:
-                cursor.execute(sql.DELETE_STALE_CLAIMS, (now - self.lease,))
-            rows = self._first_free_rows(limit)
+                stale = now - self.lease
+                cursor.execute(sql.DELETE_STALE_CLAIMS, (stale,))
+            rows = self._first_free_rows(limit, stale)
             batch = None
             if rows:
                 ids = [row[0] for row in rows]
-                claim = self._new_claim(ids[0], ids[-1], now)
+                claim = self._rng.getrandbits(63)
+                cursor.execute(sql.INSERT_CLAIM, (claim, self._owner, ids[0], ids[-1], now))
                 batch = Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
-            self.commit()
+            self._cursor.execute("COMMIT")
+            self._held.clear()
         except BaseException:
             self.rollback()
             raise
         return batch
 
-    def _first_free_rows(self, limit: int) -> list[tuple[int, bytes, int]]:
-        """The oldest rows in the first gap between live claims that has any."""
+    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int]]:
+        """The oldest free rows in the first gap between live relay claims that has any."""
         cursor = self._cursor
         after = 0
         for first_id, last_id in cursor.execute(sql.LIVE_CLAIMS).fetchall():
             if first_id > after + 1:
-                rows = cursor.execute(sql.SELECT_BETWEEN, (after, first_id, limit)).fetchall()
-                if rows:
-                    return rows
+                rows = cursor.execute(sql.SELECT_BETWEEN, (after, first_id, stale, limit))
+                found = rows.fetchall()
+                if found:
+                    return found
             after = max(after, last_id)
-        return cursor.execute(sql.SELECT_AFTER, (after, limit)).fetchall()
+        return cursor.execute(sql.SELECT_AFTER, (after, stale, limit)).fetchall()
 
     def settle(
         self,
@@ -234,11 +250,17 @@ class SqliteOutbox:
     ) -> list[int]:
         """Settle a claimed batch in the current transaction (see `OutboxStore.settle`).
 
-        Does nothing when the claim is gone: another relay took it over after the lease ran
-        out and now owns the rows.
+        Rows whose claim was taken over (after the lease ran out) belong to the relay that
+        took them: a relay's batch is then left alone, a unit of work's rows are deleted if
+        delivered (that relay will find them gone or deliver them once more).
         """
         cursor = self._cursor
-        if cursor.execute(sql.DELETE_CLAIM, (batch.claim,)).rowcount == 0:
+        first, last = batch.ids[0], batch.ids[-1]
+        if batch.in_rows:
+            if not failed and not dead and len(delivered) == len(batch.ids):
+                cursor.execute(sql.DELETE_OWN_RANGE, (first, last, batch.claim))
+                return []
+        elif cursor.execute(sql.DELETE_CLAIM, (batch.claim,)).rowcount == 0:
             return []
         dead = list(dead)
         for row_id, error in failed:
@@ -249,11 +271,15 @@ class SqliteOutbox:
         for row_id, error in dead:
             cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
             logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
-        if not failed and len(delivered) + len(dead) == len(batch.ids):
-            cursor.execute(sql.DELETE_RANGE, (batch.ids[0], batch.ids[-1]))
+        removed = [*delivered, *(row_id for row_id, _ in dead)]
+        if len(removed) == len(batch.ids) == last - first + 1 and not failed:
+            cursor.execute(sql.DELETE_RANGE, (first, last))  # every id in the range is ours
         else:
-            removed = [*delivered, *(row_id for row_id, _ in dead)]
-            cursor.executemany(sql.DELETE_ONE, ((row_id,) for row_id in removed))
+            for start in range(0, len(removed), _MAX_IDS_PER_DELETE):
+                chunk = removed[start : start + _MAX_IDS_PER_DELETE]
+                cursor.execute(sql.delete_ids(len(chunk)), chunk)
+        if batch.in_rows:
+            cursor.execute(sql.RELEASE_OWN_RANGE, (first, last, batch.claim))
         return [row_id for row_id, _ in dead]
 
     def hold(self, batch: Batch) -> None:

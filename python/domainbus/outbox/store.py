@@ -26,14 +26,17 @@ class OutboxError(DomainbusError):
 class Batch:
     """Outbox rows claimed by one relay or one unit of work, in id order.
 
-    `claim` identifies the claim in the store; `payloads` and `attempts` are filled for rows
-    read back from the store (a relay's batch) and empty for rows a unit of work just wrote.
+    `claim` identifies the claim in the store (0: the rows are not claimed); `payloads` and
+    `attempts` are filled for rows read back from the store (a relay's batch) and empty for
+    rows a unit of work just wrote. `in_rows`: the claim is written in the rows themselves
+    (a unit of work's), not kept apart (a relay's).
     """
 
     claim: int
     ids: list[int]
     payloads: list[bytes]
     attempts: list[int]
+    in_rows: bool = False
 
 
 @dataclass(frozen=True, slots=True)
