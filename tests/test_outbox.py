@@ -194,6 +194,96 @@ def test_live_claims_are_not_relayed_by_another_outbox(
     other.close()
 
 
+def test_a_round_whose_handlers_wrote_goes_back_whole(backend: ModuleType, path: Path) -> None:
+    """Handler writes through the connection and the round's delivery commit together."""
+    connection = sqlite3.connect(path)  # legacy mode: a handler's INSERT opens a transaction
+    outbox = SqliteOutbox(connection, CODEC)
+    connection.execute("CREATE TABLE seen (n INTEGER)")
+    dispatcher = backend.Dispatcher()
+
+    def handler(event: Registered) -> None:
+        connection.execute("INSERT INTO seen VALUES (?)", (event.n,))
+        if event.n == 2:
+            raise RuntimeError("second fails")
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(RuntimeError, match="second fails"):
+        with UnitOfWork(dispatcher, connection, outbox=outbox) as uow:
+            uow.record(Registered(n=1))
+            uow.record(Registered(n=2))
+    assert count(outbox, "SELECT count(*) FROM seen") == 0
+    assert outbox.pending() == 2
+    dispatcher.clear()
+    dispatcher.register_handler(
+        Registered, lambda e: connection.execute("INSERT INTO seen VALUES (?)", (e.n,))
+    )
+    assert outbox.relay(dispatcher) == RelayResult(delivered=2)
+    assert count(outbox, "SELECT count(*) FROM seen") == 2
+    outbox.close()
+    connection.close()
+
+
+def test_nested_events_of_a_failing_round(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    """Follow-ups recorded before the failure are kept; the failing handler's are dropped."""
+    dispatcher = backend.Dispatcher()
+    uow = UnitOfWork(dispatcher, outbox=outbox)
+    welcomed: list[int] = []
+
+    def on_registered(event: Registered) -> None:
+        uow.record(Welcomed(n=event.n))
+        if event.n == 2:
+            raise RuntimeError("fails after recording")
+
+    dispatcher.register_handler(Registered, on_registered)
+    dispatcher.register_handler(Welcomed, lambda e: welcomed.append(e.n))
+    with pytest.raises(RuntimeError, match="fails after recording"), uow:
+        for n in (1, 2, 3):
+            uow.record(Registered(n=n))
+    assert welcomed == []  # the round failed before its follow-ups were dispatched
+    dispatcher.clear()
+    log: list[Any] = []
+    dispatcher.register_handler(DomainEvent, log.append)
+    assert outbox.relay(dispatcher) == RelayResult(delivered=3)  # Registered 2 and 3, Welcomed 1
+    assert sorted((type(e).__name__, e.n) for e in log) == [
+        ("Registered", 2),
+        ("Registered", 3),
+        ("Welcomed", 1),
+    ]
+
+
+def test_large_units_of_work_are_stored_in_chunks(
+    backend: ModuleType, outbox: SqliteOutbox
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    with UnitOfWork(dispatcher, outbox=outbox) as uow:
+        for n in range(2500):
+            uow.record(Registered(n=n))
+    assert numbers(log) == list(range(2500))
+    outbox.flush()
+    assert outbox.pending() == 0
+
+
+def test_an_abandoned_claim_is_relayed_after_the_lease(
+    backend: ModuleType, outbox: SqliteOutbox, path: Path
+) -> None:
+    """Rows a unit of work claimed are free for another outbox once the lease has run out."""
+    dispatcher = backend.Dispatcher()
+    outbox.begin()
+    outbox.append([CODEC.encode(Registered(n=1))])  # claimed, as by a process that then died
+    outbox.commit()
+    patient = SqliteOutbox(path, CODEC, lease=3600)
+    assert patient.relay(dispatcher) == RelayResult()
+    hasty = SqliteOutbox(path, CODEC, lease=0)
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    assert hasty.relay(dispatcher) == RelayResult(delivered=1)
+    assert numbers(log) == [1]
+    patient.close()
+    hasty.close()
+
+
 # -- relaying --------------------------------------------------------------------------------
 
 
