@@ -1,0 +1,211 @@
+"""Parity: random programs run on both backends side by side must behave identically.
+
+A Hypothesis state machine registers, unregisters, dispatches (single and batch), clears, drops
+weakly held handlers and inspects `handlers_for`, on a pure and a Rust dispatcher built with the
+same random options. Handlers log, raise, dispatch nested events, (un)register other handlers and
+return coroutines. After every step the call logs, return values and exceptions (type, message,
+notes, and the members of exception groups) must be equal.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from domainbus import pure, rust
+
+
+class A:
+    def __init__(self, n: int, depth: int = 0) -> None:
+        self.n, self.depth = n, depth
+
+
+class B(A):
+    pass
+
+
+class C(B):
+    pass
+
+
+class D(A):
+    pass
+
+
+class E:  # outside the hierarchy
+    def __init__(self, n: int, depth: int = 0) -> None:
+        self.n, self.depth = n, depth
+
+
+CLASSES = [A, B, C, D, E, object]
+EVENT_CLASSES = [A, B, C, D, E]
+KINDS = [
+    "log", "log", "log", "fail", "nested", "nested_fail", "register", "unregister", "async",
+    "interrupt",
+]  # fmt: skip
+POOL_SIZE = len(KINDS)
+
+
+class Boom(Exception):
+    pass
+
+
+class Backend:
+    """One dispatcher plus its own handler pool, call log and hooks."""
+
+    def __init__(self, module: Any, options: dict[str, Any]) -> None:
+        self.log: list[tuple[Any, ...]] = []
+        kwargs = dict(options)
+        if kwargs.pop("callback", False):
+            kwargs["on_error"] = self.on_error
+        if kwargs.pop("unhandled", False):
+            kwargs["on_unhandled"] = self.on_unhandled
+        self.d = module.Dispatcher(**kwargs)
+        self.pool = [self.make_handler(i) for i in range(POOL_SIZE)]
+
+    def on_error(self, exc: Exception, event: Any, handler: Any) -> None:
+        self.log.append(("on_error", type(exc).__name__, str(exc), handler.__qualname__, event.n))
+
+    def on_unhandled(self, event: Any) -> None:
+        self.log.append(("unhandled", type(event).__name__, getattr(event, "n", None)))
+
+    def make_handler(self, index: int) -> Callable[[Any], Any]:
+        kind = KINDS[index]
+        name = f"h{index}_{kind}"
+
+        async def async_handler(event: Any) -> None:  # pragma: no cover - never awaited
+            raise AssertionError("async handlers are never run by dispatch")
+
+        def handler(event: Any) -> None:
+            self.log.append((name, type(event).__name__, event.n, event.depth))
+            if kind == "fail":
+                raise Boom(f"{name} failed on {event.n}")
+            if kind == "interrupt" and event.n == 13:
+                raise KeyboardInterrupt
+            if kind in ("nested", "nested_fail") and event.depth < 2:
+                inner = EVENT_CLASSES[(event.n + event.depth) % len(EVENT_CLASSES)]
+                self.log.append(
+                    (name, "nested-returned", self.d.dispatch(inner(event.n, event.depth + 1)))
+                )
+            if kind == "nested_fail":
+                raise Boom(f"{name} failed after dispatching")
+            if kind == "register":
+                self.d.register_handler(CLASSES[event.n % len(CLASSES)], self.pool[event.n % 3])
+            if kind == "unregister":
+                removed = self.d.unregister_handler(CLASSES[event.n % len(CLASSES)], self.pool[0])
+                self.log.append((name, "unregistered", removed))
+
+        chosen = async_handler if kind == "async" else handler
+        chosen.__qualname__ = name
+        chosen.__module__ = "parity"
+        return chosen
+
+
+def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
+    try:
+        return ("ok", call())
+    except BaseException as exc:  # noqa: BLE001 - every exception is part of the comparison
+        return describe(exc)
+
+
+def describe(exc: BaseException) -> tuple[Any, ...]:
+    members = (
+        tuple(describe(e) for e in exc.exceptions) if isinstance(exc, BaseExceptionGroup) else ()
+    )
+    return ("raised", type(exc).__name__, str(exc), tuple(getattr(exc, "__notes__", ())), members)
+
+
+class ParityMachine(RuleBasedStateMachine):
+    backends: tuple[Backend, Backend]
+
+    @initialize(
+        nested=st.sampled_from(["immediate", "queue"]),
+        on_error=st.sampled_from(["raise", "collect", "callback"]),
+        unhandled=st.booleans(),
+        initial=st.lists(
+            st.tuples(st.sampled_from(CLASSES), st.integers(0, POOL_SIZE - 1), st.integers(-2, 2)),
+            min_size=3,
+            max_size=10,
+        ),
+    )
+    def build(
+        self, nested: str, on_error: str, unhandled: bool, initial: list[tuple[type, int, int]]
+    ) -> None:
+        options: dict[str, Any] = {"nested": nested, "unhandled": unhandled}
+        if on_error == "callback":
+            options["callback"] = True
+        else:
+            options["on_error"] = on_error
+        self.backends = (Backend(pure, options), Backend(rust, options))
+        for cls, index, priority in initial:
+            self.both(
+                lambda b: (
+                    b.d.register_handler(cls, b.pool[index], priority=priority) is b.pool[index]
+                )
+            )
+
+    def both(self, action: Callable[[Backend], Any]) -> None:
+        results = [outcome(lambda b=b: action(b)) for b in self.backends]
+        assert results[0] == results[1]
+        assert self.backends[0].log == self.backends[1].log
+        for b in self.backends:
+            b.log.clear()
+
+    @rule(
+        cls=st.sampled_from(CLASSES),
+        index=st.integers(0, POOL_SIZE - 1),
+        priority=st.integers(-2, 2),
+        once=st.booleans(),
+        weak=st.booleans(),
+    )
+    def register(self, cls: type, index: int, priority: int, once: bool, weak: bool) -> None:
+        self.both(
+            lambda b: (
+                b.d.register_handler(cls, b.pool[index], priority=priority, once=once, weak=weak)
+                is b.pool[index]
+            )
+        )
+
+    @rule(cls=st.sampled_from(CLASSES), index=st.integers(0, POOL_SIZE - 1))
+    def unregister(self, cls: type, index: int) -> None:
+        self.both(lambda b: b.d.unregister_handler(cls, b.pool[index]))
+
+    @rule(cls=st.sampled_from(EVENT_CLASSES), n=st.integers(0, 20))
+    def dispatch(self, cls: type, n: int) -> None:
+        self.both(lambda b: b.d.dispatch(cls(n)))
+
+    @rule(
+        events=st.lists(st.tuples(st.sampled_from(EVENT_CLASSES), st.integers(0, 20)), max_size=6)
+    )
+    def dispatch_batch(self, events: list[tuple[type, int]]) -> None:
+        self.both(lambda b: b.d.dispatch_batch(cls(n) for cls, n in events))
+
+    @rule(index=st.integers(0, POOL_SIZE - 1))
+    def replace_pool_entry(self, index: int) -> None:
+        """Drop the pool's strong reference: weak registrations of the old handler vanish."""
+        for b in self.backends:
+            b.pool[index] = b.make_handler(index)
+        gc.collect()
+
+    @rule()
+    def clear(self) -> None:
+        self.both(lambda b: b.d.clear())
+
+    @invariant()
+    def same_handlers(self) -> None:
+        for cls in CLASSES:
+            self.both(lambda b, cls=cls: tuple(h.__qualname__ for h in b.d.handlers_for(cls)))
+
+
+ParityMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestParity = ParityMachine.TestCase
