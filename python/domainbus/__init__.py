@@ -11,7 +11,7 @@ import os
 from typing import Literal
 
 from domainbus import pure as pure
-from domainbus.errors import DomainbusError, QueueClosed
+from domainbus.errors import DecodeError, DomainbusError, QueueClosed
 from domainbus.events import DomainEvent
 
 __all__ = ["BACKEND", "Dispatcher", "DomainEvent", "DomainbusError", "QueueClosed", "__version__"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, dataclass_transform
 
 import msgspec
 
@@ -18,8 +18,15 @@ from domainbus._ids import new_event_id, utc_now
 __all__ = ["DomainEvent"]
 
 
-class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
-    """Makes subclasses keyword-only too (msgspec's `kw_only` covers a class's own fields)."""
+@dataclass_transform(
+    frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,)
+)
+class _EventMeta(msgspec.StructMeta):
+    """Makes subclasses keyword-only too (msgspec's `kw_only` covers a class's own fields).
+
+    `dataclass_transform` tells type checkers what msgspec does at run time: subclasses of a
+    frozen struct are frozen, and (thanks to this metaclass) keyword-only.
+    """
 
     def __new__(
         mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any
