@@ -14,7 +14,15 @@ from domainbus import pure as pure
 from domainbus.errors import DecodeError, DomainbusError, QueueClosed
 from domainbus.events import DomainEvent
 
-__all__ = ["BACKEND", "Dispatcher", "DomainEvent", "DomainbusError", "QueueClosed", "__version__"]
+__all__ = [
+    "BACKEND",
+    "DecodeError",
+    "Dispatcher",
+    "DomainEvent",
+    "DomainbusError",
+    "QueueClosed",
+    "__version__",
+]
 
 __version__ = "0.1.0"
 
