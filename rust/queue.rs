@@ -3,6 +3,7 @@
 //! see that module for the contract (rules 1-6).
 //!
 //! - `shared`: the lock-free ring buffer, counters and wake-ups shared by producers and consumer;
+//! - `producer`: `put` and `put_many`, and waiting for room;
 //! - `consumer`: the consumer role, batches, `drain` and the background consumer's loop;
 //! - `args`: argument checks and the `queue.Full` / `QueueClosed` exceptions;
 //! - `lifecycle`: the fork and interpreter-exit hooks.
@@ -14,12 +15,13 @@
 mod args;
 mod consumer;
 mod lifecycle;
+mod producer;
 mod shared;
 
 use std::ffi::CString;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError, PyValueError};
@@ -29,12 +31,11 @@ use pyo3::types::IntoPyDict;
 use pyo3::{intern, PyTraverseError};
 
 use self::consumer::Target;
-use self::shared::{lock, Room, Shared, DRAIN, STOP_NOW};
+use self::producer::{Producer, WAIT_SLICE};
+use self::shared::{lock, Shared, DRAIN, STOP_NOW};
 use crate::dispatcher::Dispatcher;
 use crate::errors::add_note;
 
-/// The longest a caller waits (GIL released) between two checks for signals such as Ctrl-C.
-const WAIT_SLICE: Duration = Duration::from_millis(50);
 const CONSUMER_NOTE: &str = "domainbus: raised in the BatchQueue consumer thread";
 const EXIT_NOTE: &str = "domainbus: raised while stopping a BatchQueue at interpreter exit";
 
@@ -66,17 +67,6 @@ pub struct BatchQueue {
     shared: ArcSwap<Shared>,
 }
 
-/// Raise the consumer's pending exception (rule 3), or QueueClosed after `stop()`.
-fn check_accepting(py: Python<'_>, shared: &Shared, accepted: Option<u64>) -> PyResult<()> {
-    if let Some(err) = shared.take_error() {
-        return Err(err);
-    }
-    if shared.closed.load(SeqCst) {
-        return Err(args::closed(py, accepted));
-    }
-    Ok(())
-}
-
 fn raise_error(shared: &Shared) -> PyResult<()> {
     shared.take_error().map_or(Ok(()), Err)
 }
@@ -104,33 +94,18 @@ impl BatchQueue {
         }
     }
 
-    /// The queue was full: wait for room for `event` (rule 4), or raise `queue.Full`.
-    fn push_blocking(
+    fn producer<'a>(
         &self,
-        py: Python<'_>,
-        shared: &Shared,
-        mut event: Py<PyAny>,
+        shared: &'a Shared,
         block: bool,
-        deadline: Option<Instant>,
-        accepted: Option<u64>,
-    ) -> PyResult<()> {
-        if !block {
-            return Err(args::full(py, self.capacity, false, accepted));
-        }
-        if shared.on_consumer_thread() {
-            return Err(args::full(py, self.capacity, true, accepted));
-        }
-        loop {
-            let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
-                return Err(args::full(py, self.capacity, false, accepted));
-            };
-            match py.detach(|| shared.push_or_wait(event, wait)) {
-                Room::Pushed => return Ok(()),
-                Room::Waiting(back) => event = back,
-            }
-            py.check_signals()?;
-            check_accepting(py, shared, accepted)?;
-        }
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Producer<'a>> {
+        Ok(Producer {
+            shared,
+            capacity: self.capacity,
+            block,
+            deadline: args::deadline(timeout)?,
+        })
     }
 
     fn drain_all(&self, py: Python<'_>, max_events: u64) -> PyResult<u64> {
@@ -245,13 +220,9 @@ impl BatchQueue {
         #[pyo3(from_py_with = block_arg)] block: bool,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let deadline = args::deadline(timeout)?;
         let shared = self.shared.load();
-        check_accepting(py, &shared, None)?;
-        match shared.try_push(event.clone().unbind()) {
-            Ok(()) => Ok(()),
-            Err(event) => self.push_blocking(py, &shared, event, block, deadline, None),
-        }
+        self.producer(&shared, block, timeout)?
+            .put(py, event.clone().unbind())
     }
 
     /// Queue every event of `events` in order, as `put` would; returns how many.
@@ -263,51 +234,8 @@ impl BatchQueue {
         #[pyo3(from_py_with = block_arg)] block: bool,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
-        let deadline = args::deadline(timeout)?;
-        let iterator = events.try_iter().map_err(|err| {
-            if !err.is_instance_of::<PyTypeError>(py) {
-                return err;
-            }
-            match args::type_name(events) {
-                Ok(name) => PyTypeError::new_err(format!(
-                    "put_many() needs an iterable of events, not {name}"
-                )),
-                Err(err) => err,
-            }
-        })?;
-        let shared = self.shared.load_full();
-        let mut accepted = 0u64;
-        let put_all = || -> PyResult<()> {
-            check_accepting(py, &shared, Some(accepted))?;
-            for event in iterator {
-                let event = event?.unbind();
-                if shared.closed.load(Relaxed) || shared.failed.load(Relaxed) {
-                    check_accepting(py, &shared, Some(accepted))?;
-                }
-                if let Err(event) = shared.try_push(event) {
-                    self.push_blocking(py, &shared, event, block, deadline, Some(accepted))?;
-                }
-                accepted += 1;
-            }
-            Ok(())
-        };
-        let result = put_all();
-        match result {
-            Ok(()) => Ok(accepted),
-            Err(err) => {
-                let value = err.value(py);
-                let ours = value.hasattr(intern!(py, "accepted"))?
-                    && (value.is_instance(args::full_type(py)?.as_any())?
-                        || value.is_instance(args::closed_type(py)?.as_any())?);
-                if !ours {
-                    let note = format!(
-                        "domainbus: put_many() put {accepted} event(s) before this was raised"
-                    );
-                    add_note(py, &err, &note)?;
-                }
-                Err(err)
-            }
-        }
+        let shared = self.shared.load();
+        self.producer(&shared, block, timeout)?.put_many(py, events)
     }
 
     /// Dispatch what is queued (at most `max_events`) in the calling thread, in batches;

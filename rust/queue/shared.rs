@@ -128,6 +128,22 @@ impl Shared {
         }
     }
 
+    /// Push without counting it yet: the caller holds the GIL until it calls `count_pushed`
+    /// (see `producer`), so no one can observe the gap.
+    pub fn push_uncounted(&self, event: Py<PyAny>) -> Result<(), Py<PyAny>> {
+        self.events.push(event)
+    }
+
+    /// Count `pushed` events pushed with `push_uncounted`, and wake the consumer if it sleeps.
+    pub fn count_pushed(&self, pushed: u64) {
+        if pushed > 0 {
+            self.put_count.fetch_add(pushed, SeqCst);
+            if self.sleeping.load(SeqCst) {
+                self.unparker.unpark();
+            }
+        }
+    }
+
     /// Without the GIL: push `event` as soon as there is room, waiting at most `slice`.
     pub fn push_or_wait(&self, event: Py<PyAny>, slice: Duration) -> Room {
         self.waiters.fetch_add(1, SeqCst);
@@ -174,7 +190,7 @@ impl Shared {
     }
 
     /// Closed, or the consumer failed: waiters should stop waiting and look.
-    fn gave_up(&self) -> bool {
+    pub fn gave_up(&self) -> bool {
         self.closed.load(SeqCst) || self.failed.load(SeqCst)
     }
 
