@@ -424,6 +424,20 @@ def test_put_many_reports_what_went_in(backend: ModuleType) -> None:
     assert (len(q), q.drain(), q.put_many([])) == (5, 5, 0)
 
 
+def test_put_many_source_may_use_the_queue(backend: ModuleType) -> None:
+    q, rec = make(backend)
+
+    def events() -> Iterator[object]:
+        yield 0
+        q.put(f"side {len(q)}")
+        yield 1
+
+    assert q.put_many(events()) == 2
+    assert q.put_many((2, 3)) == 2
+    q.drain()
+    assert rec.seen == [0, "side 1", 1, 2, 3]
+
+
 def test_blocked_producer_gets_queue_closed_on_stop(
     backend: ModuleType, cleanup: list[Callable[[], object]]
 ) -> None:

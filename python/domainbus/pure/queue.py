@@ -39,7 +39,6 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -54,7 +53,6 @@ _WAIT_SLICE = 0.05  # seconds between signal checks while a caller waits
 _IDLE_WAKE = 0.25  # seconds an idle consumer sleeps before looking again (a backstop only)
 _CONSUMER_NOTE = "domainbus: raised in the BatchQueue consumer thread"
 _EXIT_NOTE = "domainbus: raised while stopping a BatchQueue at interpreter exit"
-_NOTHING = object()
 _BUSY = "this BatchQueue is already being consumed (by its started consumer or a drain() call)"
 
 
@@ -146,7 +144,7 @@ class BatchQueue:
 
     def _reset(self) -> None:
         """Fresh state: empty, not started, not closed (also the child's state after fork)."""
-        self._lock = threading.RLock()  # re-entrant: put_many runs the caller's iterator under it
+        self._lock = threading.RLock()  # re-entrant: some helpers take it and run with it held
         self._changed = threading.Condition(self._lock)  # blocked producers and join() wait here
         self._wakeup = threading.Condition(self._lock)  # the idle consumer waits here
         self._events: deque[object] = deque()
@@ -203,9 +201,7 @@ class BatchQueue:
             if len(self._events) >= self._capacity:
                 self._wait_for_room(block, deadline, None)
             self._events.append(event)
-            self._put_count += 1
-            if self._sleeping:
-                self._wakeup.notify()
+            self._added(1)
 
     def put_many(
         self, events: Iterable[object], *, block: bool = True, timeout: float | None = None
@@ -215,49 +211,57 @@ class BatchQueue:
         `timeout` bounds the whole call. The `queue.Full` or QueueClosed it raises has an
         `accepted` attribute: the events before that index went in; the one at that index
         was taken from the iterable but not queued. Any other exception gets a note saying
-        how many went in.
+        how many went in. A list or tuple is copied in slices under the lock; any other
+        iterable is read one event at a time outside it (its code may use the queue).
         """
         _check_flag("block", block)
         deadline = _deadline(timeout)
-        try:
-            iterator = iter(events)
-        except TypeError:
-            raise TypeError(
-                f"put_many() needs an iterable of events, not {_type_name(events)}"
-            ) from None
-        accepted = 0
-        with self._lock:
+        source: Iterator[object] | None = None
+        if not isinstance(events, list | tuple):
             try:
-                self._check_accepting(accepted)
-                while True:
-                    room = self._capacity - len(self._events)
-                    if room > 0:
-                        before = len(self._events)
-                        try:
-                            self._events.extend(islice(iterator, room))
-                        finally:
-                            added = len(self._events) - before
-                            accepted += added
-                            self._put_count += added
-                            if added and self._sleeping:
-                                self._wakeup.notify()
-                        if added < room:
-                            return accepted
-                    else:  # full: take the next event (if any), then wait for room for it
-                        event = next(iterator, _NOTHING)
-                        if event is _NOTHING:
-                            return accepted
-                        self._wait_for_room(block, deadline, accepted)
+                source = iter(events)
+            except TypeError:
+                raise TypeError(
+                    f"put_many() needs an iterable of events, not {_type_name(events)}"
+                ) from None
+        accepted = 0
+        try:
+            with self._lock:
+                self._check_accepting(0)
+            if source is None:
+                sequence: list[object] | tuple[object, ...] = events  # type: ignore[assignment]
+                while accepted < len(sequence):
+                    with self._lock:
+                        self._check_accepting(accepted)
+                        if len(self._events) >= self._capacity:
+                            self._wait_for_room(block, deadline, accepted)
+                        room = self._capacity - len(self._events)
+                        chunk = sequence[accepted : accepted + room]
+                        self._events.extend(chunk)
+                        self._added(len(chunk))
+                    accepted += len(chunk)
+            else:
+                for event in source:
+                    with self._lock:
+                        self._check_accepting(accepted)
+                        if len(self._events) >= self._capacity:
+                            self._wait_for_room(block, deadline, accepted)
                         self._events.append(event)
-                        accepted += 1
-                        self._put_count += 1
-                        if self._sleeping:
-                            self._wakeup.notify()
-            except BaseException as exc:
-                if not (isinstance(exc, queue.Full | QueueClosed) and hasattr(exc, "accepted")):
-                    note = f"domainbus: put_many() put {accepted} event(s) before this was raised"
-                    exc.add_note(note)
-                raise
+                        self._added(1)
+                    accepted += 1
+        except BaseException as exc:
+            if not (isinstance(exc, queue.Full | QueueClosed) and hasattr(exc, "accepted")):
+                exc.add_note(
+                    f"domainbus: put_many() put {accepted} event(s) before this was raised"
+                )
+            raise
+        return accepted
+
+    def _added(self, count: int) -> None:
+        """Count events just appended and wake the consumer if it sleeps (lock held)."""
+        self._put_count += count
+        if self._sleeping:
+            self._wakeup.notify()
 
     def _check_accepting(self, accepted: int | None = None) -> None:
         """Raise the consumer's pending exception, or QueueClosed. Call with the lock held."""
