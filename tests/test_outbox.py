@@ -284,6 +284,32 @@ def test_an_abandoned_claim_is_relayed_after_the_lease(
     hasty.close()
 
 
+def test_rows_taken_over_are_settled_by_their_new_owner_only(
+    backend: ModuleType, outbox: SqliteOutbox, path: Path
+) -> None:
+    """Once a relay takes a unit of work's row over, the unit of work no longer deletes it, so
+    its id cannot be reused under the relay's claim (which would lose the new row)."""
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Registered, log.append)
+    with UnitOfWork(dispatcher, outbox=outbox) as uow:
+        uow.record(Registered(n=1))  # delivered; its row is deleted with the next commit
+    hasty = SqliteOutbox(path, CODEC, lease=0)  # takes the row over at once
+    relay_dispatcher = backend.Dispatcher()
+
+    def meanwhile(event: Registered) -> None:
+        log.append(event)
+        if event.n == 1:
+            outbox.flush()  # the unit of work's deferred delete: must leave the row alone
+            store_free(outbox, [Registered(n=2)])  # a new row (id 1 again, had it been deleted)
+
+    relay_dispatcher.register_handler(Registered, meanwhile)
+    assert hasty.relay(relay_dispatcher) == RelayResult(delivered=2)
+    assert numbers(log) == [1, 1, 2]  # at least once: the taken-over event came twice
+    assert outbox.pending() == 0
+    hasty.close()
+
+
 # -- relaying --------------------------------------------------------------------------------
 
 

@@ -297,7 +297,8 @@ class UnitOfWork:
             tx.rollback()
             exc.add_note(
                 "domainbus: the unit of work was committed, but storing what its handlers did "
-                "failed; its events stay in the outbox and relay() will deliver them again"
+                "failed; this round's events stay claimed in the outbox until the lease runs "
+                "out, then relay() delivers them again"
             )
             raise
         return next_batch
@@ -346,7 +347,7 @@ class UnitOfWork:
         where = "moved to the dead-letter table" if dead else "stays in the outbox"
         exc.add_note(
             f"domainbus: the unit of work was committed; outbox row {batch.ids[index]} {where}, "
-            f"{len(events) - delivered - 1} later event(s) of this round stay in the outbox "
+            f"{len(events) - delivered - 1} other event(s) of this round stay in the outbox "
             "for relay()"
         )
 

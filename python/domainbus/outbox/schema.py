@@ -69,13 +69,14 @@ DELETE_CLAIM = "DELETE FROM domainbus_outbox_claims WHERE claim = ?"
 DELETE_STALE_CLAIMS = "DELETE FROM domainbus_outbox_claims WHERE claimed_at < ?"
 DELETE_FOREIGN_CLAIMS = "DELETE FROM domainbus_outbox_claims WHERE owner != ?"
 LIVE_CLAIMS = "SELECT first_id, last_id FROM domainbus_outbox_claims ORDER BY first_id"
-_SELECT = "SELECT id, payload, attempts FROM domainbus_outbox"
+_SELECT = "SELECT id, payload, attempts, claim FROM domainbus_outbox"
 _FREE = "(claim IS NULL OR claimed_at < ?)"
 SELECT_AFTER = f"{_SELECT} WHERE id > ? AND {_FREE} ORDER BY id LIMIT ?"
 SELECT_BETWEEN = f"{_SELECT} WHERE id > ? AND id < ? AND {_FREE} ORDER BY id LIMIT ?"
 DELETE_RANGE = "DELETE FROM domainbus_outbox WHERE id BETWEEN ? AND ?"
 DELETE_OWN_RANGE = "DELETE FROM domainbus_outbox WHERE id BETWEEN ? AND ? AND claim = ?"
-DELETE_ONE = "DELETE FROM domainbus_outbox WHERE id = ?"
+DELETE_OWN = "DELETE FROM domainbus_outbox WHERE id = ? AND claim = ?"
+CLEAR_ROW_CLAIM = "UPDATE domainbus_outbox SET claim = NULL, claimed_at = NULL WHERE id = ?"
 RELEASE_OWN_RANGE = (
     "UPDATE domainbus_outbox SET claim = NULL, claimed_at = NULL "
     "WHERE id BETWEEN ? AND ? AND claim = ?"
@@ -83,6 +84,10 @@ RELEASE_OWN_RANGE = (
 COUNT_FAILURE = (
     "UPDATE domainbus_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ? "
     "RETURNING attempts"
+)
+COUNT_OWN_FAILURE = (
+    "UPDATE domainbus_outbox SET attempts = attempts + 1, last_error = ? "
+    "WHERE id = ? AND claim = ? RETURNING attempts"
 )
 DEAD_LETTER = (
     "INSERT INTO domainbus_dead_letters (outbox_id, payload, attempts, error, failed_at) "

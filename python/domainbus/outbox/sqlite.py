@@ -219,6 +219,11 @@ class SqliteOutbox:
                 ids = [row[0] for row in rows]
                 claim = self._rng.getrandbits(63)
                 cursor.execute(sql.INSERT_CLAIM, (claim, self._owner, ids[0], ids[-1], now))
+                # Rows taken over from a unit of work lose its claim, so that it can no longer
+                # settle them: from now on only this batch deletes them.
+                taken = [(row[0],) for row in rows if row[3] is not None]
+                if taken:
+                    cursor.executemany(sql.CLEAR_ROW_CLAIM, taken)
                 batch = Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
             self._cursor.execute("COMMIT")
             self._held.clear()
@@ -227,7 +232,7 @@ class SqliteOutbox:
             raise
         return batch
 
-    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int]]:
+    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any]]:
         """The oldest free rows in the first gap between live relay claims that has any."""
         cursor = self._cursor
         after = 0
@@ -250,37 +255,62 @@ class SqliteOutbox:
     ) -> list[int]:
         """Settle a claimed batch in the current transaction (see `OutboxStore.settle`).
 
-        Rows whose claim was taken over (after the lease ran out) belong to the relay that
-        took them: a relay's batch is then left alone, a unit of work's rows are deleted if
-        delivered (that relay will find them gone or deliver them once more).
+        A claim that was taken over (its lease ran out) belongs to the relay that took it: the
+        rows it covers are then left alone, so nothing else ever deletes a row under a live
+        claim (and no row id can be reused under one).
         """
-        cursor = self._cursor
-        first, last = batch.ids[0], batch.ids[-1]
         if batch.in_rows:
-            if not failed and not dead and len(delivered) == len(batch.ids):
-                cursor.execute(sql.DELETE_OWN_RANGE, (first, last, batch.claim))
-                return []
-        elif cursor.execute(sql.DELETE_CLAIM, (batch.claim,)).rowcount == 0:
+            return self._settle_own_rows(batch, delivered, failed, dead)
+        cursor = self._cursor
+        if cursor.execute(sql.DELETE_CLAIM, (batch.claim,)).rowcount == 0:
             return []
         dead = list(dead)
         for row_id, error in failed:
             row = cursor.execute(sql.COUNT_FAILURE, (error, row_id)).fetchone()
             if row is not None and row[0] >= self.max_attempts:
                 dead.append((row_id, f"{error} (failed {row[0]} times)"))
-        now = time.time()
-        for row_id, error in dead:
-            cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
-            logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
+        self._dead_letter(dead)
         removed = [*delivered, *(row_id for row_id, _ in dead)]
+        first, last = batch.ids[0], batch.ids[-1]
         if len(removed) == len(batch.ids) == last - first + 1 and not failed:
             cursor.execute(sql.DELETE_RANGE, (first, last))  # every id in the range is ours
         else:
             for start in range(0, len(removed), _MAX_IDS_PER_DELETE):
                 chunk = removed[start : start + _MAX_IDS_PER_DELETE]
                 cursor.execute(sql.delete_ids(len(chunk)), chunk)
-        if batch.in_rows:
-            cursor.execute(sql.RELEASE_OWN_RANGE, (first, last, batch.claim))
         return [row_id for row_id, _ in dead]
+
+    def _settle_own_rows(
+        self,
+        batch: Batch,
+        delivered: Sequence[int],
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+    ) -> list[int]:
+        """Settle a unit of work's batch: only rows still carrying its claim are touched."""
+        cursor = self._cursor
+        claim = batch.claim
+        first, last = batch.ids[0], batch.ids[-1]
+        if not failed and not dead and len(delivered) == len(batch.ids):
+            cursor.execute(sql.DELETE_OWN_RANGE, (first, last, claim))
+            return []
+        dead = list(dead)
+        for row_id, error in failed:
+            row = cursor.execute(sql.COUNT_OWN_FAILURE, (error, row_id, claim)).fetchone()
+            if row is not None and row[0] >= self.max_attempts:
+                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        self._dead_letter(dead)
+        removed = [*delivered, *(row_id for row_id, _ in dead)]
+        cursor.executemany(sql.DELETE_OWN, [(row_id, claim) for row_id in removed])
+        cursor.execute(sql.RELEASE_OWN_RANGE, (first, last, claim))
+        return [row_id for row_id, _ in dead]
+
+    def _dead_letter(self, dead: Sequence[tuple[int, str]]) -> None:
+        """Copy rows into the dead-letter table (the caller deletes them), and log each."""
+        now = time.time()
+        for row_id, error in dead:
+            self._cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
+            logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
 
     def hold(self, batch: Batch) -> None:
         """Mark `batch` delivered with the next commit on this outbox."""
