@@ -17,9 +17,7 @@ TYPE_COUNT = 10
 HIERARCHY_DEPTH = 6
 
 
-# mypy (1.x) reports a metaclass conflict and a frozen-dataclass error on every DomainEvent
-# subclass because of domainbus.events._EventMeta; the class itself is fine at runtime.
-class BenchEvent(DomainEvent):  # type: ignore[misc,metaclass]
+class BenchEvent(DomainEvent):
     """Base of every benchmark event: a user id and a sequence number, like a small real event."""
 
     user_id: str
