@@ -159,6 +159,8 @@ def _measure_workload(
             failure = check(workload, system, events)
         except NotApplicable as exc:
             outcomes[system.name] = skipped(system, str(exc))
+        except Exception as exc:  # a broken system is reported, and the others still run
+            outcomes[system.name] = skipped(system, f"raised {exc!r}", "failed")
         else:
             if failure is None:
                 timed.append(system)
