@@ -9,8 +9,9 @@ that the system made exactly the expected handler calls.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import pytest
 
 from domainbus.bench.cli import add_arguments, run
 from domainbus.bench.handlers import noop_handlers
-from domainbus.bench.runner import check, prepared, skip_reason
-from domainbus.bench.systems import SYSTEMS, NotApplicable, System
+from domainbus.bench.runner import check, measure, prepared, skip_reason
+from domainbus.bench.systems import SYSTEMS, Bus, NotApplicable, System, Wiring
 from domainbus.bench.workloads import WORKLOADS, Workload
 
 CASES = [
@@ -85,3 +86,27 @@ def test_domainbus_bench_command_end_to_end(
     assert all(row["status"] != "failed" for row in document["results"])
     if has_matplotlib:
         assert png_path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_system_that_raises_is_reported_and_the_others_still_run() -> None:
+    @contextlib.contextmanager
+    def broken(wiring: Wiring) -> Iterator[Bus]:
+        def publish(event: Any) -> None:
+            raise RuntimeError("boom")
+
+        def publish_many(events: Sequence[Any]) -> None:
+            for event in events:
+                publish(event)
+
+        yield Bus(publish=publish, publish_many=publish_many)
+
+    (one_handler,) = [w for w in WORKLOADS if w.name == "1-handler"]
+    (reference,) = [s for s in SYSTEMS if s.name == "domainbus-rust"]
+    outcomes = measure(
+        [one_handler], [reference, System("broken", "raises", broken, "exact")], events=50, rounds=1
+    )
+    assert [(o.system, o.status) for o in outcomes] == [
+        ("domainbus-rust", "ok"),
+        ("broken", "failed"),
+    ]
+    assert outcomes[1].reason == "raised RuntimeError('boom')"
