@@ -113,7 +113,7 @@ class _OwnEvents:
         return events
 
 
-_NEW, _OPEN, _DISPATCHING, _CLOSED = range(4)
+_NEW, _OPEN, _DISPATCHING, _CLOSED = range(4)  # the life of a unit of work
 
 
 class UnitOfWork:
@@ -152,9 +152,11 @@ class UnitOfWork:
             self._tx = SqliteTransaction(connection)
         else:
             self._tx = None
-        self._sources: dict[int, EventSource] = {}
+        self._sources: list[EventSource] = []  # in the order they joined
+        self._source_ids: set[int] = set()
         self._own: _OwnEvents | None = None
         self._state = _NEW
+        self._accepting = False  # inside the with block or its dispatch
 
     @property
     def connection(self) -> sqlite3.Connection | None:
@@ -167,38 +169,41 @@ class UnitOfWork:
 
     def track(self, aggregate: A) -> A:
         """Collect `aggregate`'s events when this unit of work commits; returns the aggregate."""
-        self._check_usable("track")
+        if not self._accepting:
+            raise self._misuse("track")
         if not callable(getattr(aggregate, "pull_events", None)):
             raise TypeError(
                 f"track() needs an aggregate with pull_events() (an AggregateRoot), "
                 f"not {type(aggregate).__qualname__}"
             )
-        self._sources.setdefault(id(aggregate), aggregate)
+        if id(aggregate) not in self._source_ids:
+            self._source_ids.add(id(aggregate))
+            self._sources.append(aggregate)
         return aggregate
 
     def record(self, event: object) -> None:
         """Record an event that belongs to no tracked aggregate."""
-        self._check_usable("record")
+        if not self._accepting:
+            raise self._misuse("record")
         if isinstance(event, type):
             raise TypeError(f"record() needs an event instance, not the class {event.__qualname__}")
-        if self._own is None:
-            self._own = _OwnEvents()
-            self._sources[id(self._own)] = self._own
-        self._own.events.append(event)
+        own = self._own
+        if own is None:
+            own = self._own = _OwnEvents()
+            self._sources.append(own)
+        own.events.append(event)
 
-    def _check_usable(self, what: str) -> None:
-        if self._state in (_OPEN, _DISPATCHING):
-            return
+    def _misuse(self, what: str) -> RuntimeError:
         when = "before entering its with block" if self._state == _NEW else "after it finished"
-        raise RuntimeError(f"UnitOfWork.{what}() called {when}")
+        return RuntimeError(f"UnitOfWork.{what}() called {when}")
 
     def _collect(self) -> list[Any]:
         """Take the pending events of every source, in source order."""
-        if len(self._sources) == 1:
-            (source,) = self._sources.values()
-            return source.pull_events()
+        sources = self._sources
+        if len(sources) == 1:
+            return sources[0].pull_events()
         events: list[Any] = []
-        for source in list(self._sources.values()):  # a handler may track more meanwhile
+        for source in sources:
             events.extend(source.pull_events())
         return events
 
@@ -215,6 +220,7 @@ class UnitOfWork:
                 )
             self._tx.begin()
         self._state = _OPEN
+        self._accepting = True
         return self
 
     def __exit__(
@@ -239,13 +245,16 @@ class UnitOfWork:
             raise
         self._state = _DISPATCHING
         try:
-            self._dispatch_rounds(events, batch)
+            if events:
+                self._dispatch_rounds(events, batch)
         finally:
             self._state = _CLOSED
+            self._accepting = False
 
     def _abandon(self) -> None:
         """Roll back and discard every pending event."""
         self._state = _CLOSED
+        self._accepting = False
         try:
             if self._tx is not None:
                 self._tx.rollback()
