@@ -241,7 +241,7 @@ impl Dispatcher {
     }
 
     /// Claim and unregister a `once` registration; false when someone else claimed it first.
-    fn consume(&self, py: Python<'_>, reg: &Arc<Registration>) -> PyResult<bool> {
+    pub(crate) fn consume(&self, py: Python<'_>, reg: &Arc<Registration>) -> PyResult<bool> {
         if !reg.claim() {
             return Ok(false);
         }

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError};
 
+use crate::async_plan::{async_driver, Planned};
 use crate::errors::Policy;
 use crate::registry::{Registration, Registry, Snapshot};
 
@@ -387,6 +388,39 @@ impl Dispatcher {
                 Err(err) => err,
             })?;
         self.run(events.py(), iterator, true)
+    }
+
+    /// Awaitable `dispatch`: awaitable handler results are awaited (see `domainbus._async`).
+    #[pyo3(signature = (event, *, concurrent = false))]
+    fn dispatch_async<'py>(
+        slf: &Bound<'py, Self>,
+        event: &Bound<'py, PyAny>,
+        concurrent: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let events = PyTuple::new(slf.py(), [event])?.into_any();
+        async_driver(slf, events, false, concurrent)
+    }
+
+    /// Awaitable `dispatch_batch`; `concurrent=True` runs one event's handlers together.
+    #[pyo3(signature = (events, *, concurrent = false))]
+    fn dispatch_batch_async<'py>(
+        slf: &Bound<'py, Self>,
+        events: &Bound<'py, PyAny>,
+        concurrent: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        async_driver(slf, events.clone(), true, concurrent)
+    }
+
+    fn _plan<'py>(&self, event_type: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
+        self.plan(event_type)
+    }
+
+    fn _take<'py>(
+        &self,
+        py: Python<'py>,
+        planned: PyRef<'py, Planned>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.take(py, &planned)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

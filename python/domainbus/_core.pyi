@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension `domainbus._core` (see `domainbus.pure` for the contract)."""
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, final
@@ -49,6 +49,17 @@ class Dispatcher:
     def clear(self) -> None: ...
     def dispatch(self, event: object) -> int: ...
     def dispatch_batch(self, events: Iterable[object]) -> int: ...
+    def dispatch_async(
+        self, event: object, *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]: ...
+    def dispatch_batch_async(
+        self, events: Iterable[object], *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]: ...
+    def _plan(self, event_type: type) -> tuple[Planned, ...]: ...
+    def _take(self, planned: Planned) -> Callable[..., Any] | None: ...
+
+class Planned:
+    """One registration of a dispatch plan (opaque)."""
 
 @final
 class BatchQueue:

@@ -24,9 +24,12 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from types import CoroutineType, MethodType
 from typing import Any, Literal, TypeVar
+
+from domainbus._async import dispatch_async
+from domainbus._notes import describe_handler, failure_note
 
 __all__ = ["Dispatcher"]
 
@@ -82,20 +85,6 @@ class _State:
                 self.cache = {}
             self.cache[event_type] = regs
         return regs
-
-
-def describe_handler(handler: object) -> str:
-    """`module.qualname` of a handler, or its repr when it has no qualified name."""
-    name = getattr(handler, "__qualname__", None)
-    if not isinstance(name, str):
-        return repr(handler)
-    module = getattr(handler, "__module__", None)
-    return f"{module}.{name}" if isinstance(module, str) else name
-
-
-def _failure_note(handler: object, event_type: type, index: int | None) -> str:
-    note = f"domainbus: raised by handler {describe_handler(handler)} for {event_type.__qualname__}"
-    return note if index is None else f"{note} at batch index {index}"
 
 
 def _check_options(priority: object, once: object, weak: object) -> None:
@@ -262,6 +251,17 @@ class Dispatcher:
                     if reg.target is ref:
                         self._remove(reg)
 
+    def _plan(self, event_type: type) -> tuple[_Registration, ...]:
+        """The registrations an event of `event_type` goes to now (also used by async dispatch)."""
+        return self._state.resolve(event_type)
+
+    def _take(self, reg: _Registration) -> Callable[..., Any] | None:
+        """The handler to call for `reg`, or None: weak target gone, or `once` already claimed."""
+        handler = reg.live_handler()
+        if handler is None or (reg.once and not self._consume(reg)):
+            return None
+        return handler
+
     def _consume(self, reg: _Registration) -> bool:
         """Claim a `once` registration; False when another call already claimed it."""
         with self._lock:
@@ -286,6 +286,18 @@ class Dispatcher:
                 f"dispatch_batch() needs an iterable of events, not {type(events).__qualname__}"
             ) from None
         return self._run(iterator, batch=True)
+
+    def dispatch_async(
+        self, event: object, *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]:
+        """Awaitable `dispatch`: awaitable handler results are awaited (see `domainbus._async`)."""
+        return dispatch_async(self, (event,), batch=False, concurrent=concurrent)
+
+    def dispatch_batch_async(
+        self, events: Iterable[object], *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]:
+        """Awaitable `dispatch_batch`; `concurrent=True` runs one event's handlers together."""
+        return dispatch_async(self, events, batch=True, concurrent=concurrent)
 
     def _run(self, events: Iterable[object], *, batch: bool) -> int:
         fifo: deque[object] | None = getattr(self._local, "fifo", None)
@@ -318,15 +330,15 @@ class Dispatcher:
         self, event: object, index: int | None, failures: list[Exception] | None
     ) -> int:
         event_type = type(event)
-        regs = self._state.resolve(event_type)
+        regs = self._plan(event_type)
         if not regs:
             if self._on_unhandled is not None:
                 self._on_unhandled(event)
             return 0
         calls = 0
         for reg in regs:
-            handler = reg.live_handler()
-            if handler is None or (reg.once and not self._consume(reg)):
+            handler = self._take(reg)
+            if handler is None:
                 continue
             calls += 1
             try:
@@ -338,7 +350,7 @@ class Dispatcher:
                         "async handlers need dispatch_async()"
                     )
             except Exception as exc:
-                exc.add_note(_failure_note(handler, event_type, index))
+                exc.add_note(failure_note(handler, event_type, index))
                 if failures is not None:
                     failures.append(exc)
                 elif self._on_error == "raise":

@@ -1,0 +1,224 @@
+"""`dispatch_async` and `dispatch_batch_async`, shared by both backends.
+
+The routing stays in each backend: `dispatcher._plan(event_type)` returns the resolved
+registrations (from the same cached snapshot `dispatch` uses) and `dispatcher._take(reg)` returns
+the handler to call, or None when it was a weak handler whose target is gone or a `once` handler
+someone else already claimed. This module only adds awaiting, so the rules are those of
+`dispatch` (see `domainbus.pure.dispatcher`), plus:
+
+- a handler's return value that is awaitable is awaited before the next handler is called
+  (sequential), or, with `concurrent=True`, the awaitables of one event's handlers run together
+  as tasks and the event is done when all are. Under "raise" the first failure cancels its
+  siblings and propagates; under "collect" and with a callback every task finishes and failures
+  are handled in handler order;
+- in `nested="queue"` mode the FIFO of an outermost `dispatch_async` lives in a context
+  variable, so nested `dispatch_async` calls from its handlers (and their tasks) are queued,
+  while separate tasks dispatching at the same time each have their own FIFO. A synchronous
+  `dispatch` called from inside is not queued: it runs as its own outermost call;
+- an awaitable returned by `on_unhandled` or by an `on_error` callback is awaited too;
+- cancelling the awaiting task propagates CancelledError at the handler being awaited; the
+  handlers after it are not called, and no coroutine is left un-awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Iterable
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from domainbus._notes import failure_note
+
+__all__ = ["dispatch_async"]
+
+
+class _AsyncCapable(Protocol):
+    """What a backend's Dispatcher offers this module."""
+
+    @property
+    def on_error(self) -> Any: ...
+    @property
+    def on_unhandled(self) -> Any: ...
+    @property
+    def nested(self) -> str: ...
+    def _plan(self, event_type: type) -> tuple[Any, ...]: ...
+    def _take(self, registration: Any) -> Any: ...
+
+
+# (dispatcher, fifo) of every outermost queue-mode dispatch_async running in this context
+_FRAMES: ContextVar[tuple[tuple[object, deque[object]], ...]] = ContextVar(
+    "domainbus_async_frames", default=()
+)
+
+
+def _active_fifo(dispatcher: object) -> deque[object] | None:
+    for owner, fifo in _FRAMES.get():
+        if owner is dispatcher:
+            return fifo
+    return None
+
+
+async def dispatch_async(
+    dispatcher: _AsyncCapable, events: Iterable[object], *, batch: bool, concurrent: bool
+) -> int:
+    """Dispatch `events` in order, awaiting handlers; returns the handler calls made."""
+    if batch:
+        try:
+            events = iter(events)
+        except TypeError:
+            raise TypeError(
+                "dispatch_batch_async() needs an iterable of events, "
+                f"not {type(events).__qualname__}"
+            ) from None
+    fifo = _active_fifo(dispatcher)
+    if fifo is not None:  # "queue" mode, called from a handler: defer to the outermost call
+        fifo.extend(events)
+        return 0
+    run = _Run(dispatcher, concurrent)
+    if dispatcher.nested == "immediate":
+        for index, event in enumerate(events):
+            await run.event(event, index if batch else None)
+    else:
+        fifo = deque()
+        token = _FRAMES.set((*_FRAMES.get(), (dispatcher, fifo)))
+        try:
+            for index, event in enumerate(events):
+                await run.event(event, index if batch else None)
+                while fifo:
+                    await run.event(fifo.popleft(), None)
+        except BaseException as exc:
+            if fifo:
+                exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+            raise
+        finally:
+            _FRAMES.reset(token)
+    if run.failures:
+        raise ExceptionGroup(f"domainbus: {len(run.failures)} handler(s) failed", run.failures)
+    return run.calls
+
+
+async def _maybe_await(value: object) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+def _discard(awaitable: Awaitable[object]) -> None:
+    """Drop an awaitable that will never be awaited, without a "never awaited" warning."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    elif isinstance(awaitable, asyncio.Future):
+        awaitable.cancel()
+
+
+class _Run:
+    """The state of one outermost async dispatch: calls made and failures collected."""
+
+    def __init__(self, dispatcher: _AsyncCapable, concurrent: bool) -> None:
+        self.d = dispatcher
+        self.concurrent = concurrent
+        self.policy = dispatcher.on_error
+        self.collect = isinstance(self.policy, str) and self.policy == "collect"
+        self.raising = isinstance(self.policy, str) and self.policy == "raise"
+        self.failures: list[Exception] = []
+        self.calls = 0
+
+    async def event(self, event: object, index: int | None) -> None:
+        event_type = type(event)
+        plan = self.d._plan(event_type)
+        if not plan:
+            hook = self.d.on_unhandled
+            if hook is not None:
+                await _maybe_await(hook(event))
+            return
+        if self.concurrent:
+            await self._concurrently(event, event_type, index, plan)
+            return
+        for registration in plan:
+            handler = self.d._take(registration)
+            if handler is None:
+                continue
+            self.calls += 1
+            try:
+                await _maybe_await(handler(event))
+            except Exception as exc:
+                await self.fail(exc, event, handler, event_type, index)
+
+    async def _concurrently(
+        self, event: object, event_type: type, index: int | None, plan: tuple[Any, ...]
+    ) -> None:
+        pending: list[tuple[Any, Awaitable[object]]] = []
+        try:
+            for registration in plan:
+                handler = self.d._take(registration)
+                if handler is None:
+                    continue
+                self.calls += 1
+                try:
+                    result = handler(event)
+                except Exception as exc:
+                    await self.fail(exc, event, handler, event_type, index)
+                    continue
+                if inspect.isawaitable(result):
+                    pending.append((handler, result))
+        except BaseException:
+            for _, awaitable in pending:
+                _discard(awaitable)
+            raise
+        if not pending:
+            return
+        tasks: list[asyncio.Future[object]] = [asyncio.ensure_future(a) for _, a in pending]
+        if self.raising:
+            await self._first_failure_cancels(tasks, pending, event, event_type, index)
+            return
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for (handler, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                await self.fail(result, event, handler, event_type, index)
+
+    async def _first_failure_cancels(
+        self,
+        tasks: list[asyncio.Future[object]],
+        pending: list[tuple[Any, Awaitable[object]]],
+        event: object,
+        event_type: type,
+        index: int | None,
+    ) -> None:
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except BaseException:  # we were cancelled: take the handlers' tasks down with us
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        failed = [
+            (handler, task)
+            for (handler, _), task in zip(pending, tasks, strict=True)
+            if task.done() and not task.cancelled() and task.exception() is not None
+        ]
+        if not failed:
+            return
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        handler, task = failed[0]
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, Exception):
+            raise exc
+        assert isinstance(exc, Exception)
+        await self.fail(exc, event, handler, event_type, index)
+
+    async def fail(
+        self, exc: Exception, event: object, handler: Any, event_type: type, index: int | None
+    ) -> None:
+        """Apply the error policy to one handler failure (rule 8)."""
+        exc.add_note(failure_note(handler, event_type, index))
+        if self.collect:
+            self.failures.append(exc)
+        elif self.raising:
+            raise exc
+        else:
+            await _maybe_await(self.policy(exc, event, handler))

@@ -1,0 +1,22 @@
+"""The texts domainbus adds to handler exceptions (PEP 678 notes), shared by every dispatch path.
+
+The Rust extension builds the same strings (rust/errors.rs); the parity tests compare them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["describe_handler", "failure_note"]
+
+
+def describe_handler(handler: object) -> str:
+    """`module.qualname` of a handler, or its repr when it has no qualified name."""
+    name = getattr(handler, "__qualname__", None)
+    if not isinstance(name, str):
+        return repr(handler)
+    module = getattr(handler, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) else name
+
+
+def failure_note(handler: object, event_type: type, index: int | None) -> str:
+    note = f"domainbus: raised by handler {describe_handler(handler)} for {event_type.__qualname__}"
+    return note if index is None else f"{note} at batch index {index}"
