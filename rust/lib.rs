@@ -5,11 +5,13 @@
 //! - `dispatch`: the dispatch loop (batches, nested modes, error policies);
 //! - `nested`: per-thread FIFOs of `nested="queue"` dispatchers;
 //! - `errors`: error notes and the ExceptionGroup of "collect";
+//! - `async_plan`: the plan/take primitives behind `dispatch_async`;
 //! - `ids`: UUIDv7 event ids and UTC timestamps;
 //! - `queue`: the `BatchQueue` (lock-free batching queue feeding the dispatch loop).
 
 use pyo3::prelude::*;
 
+mod async_plan;
 mod dispatch;
 mod dispatcher;
 mod errors;
@@ -22,6 +24,7 @@ mod registry;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dispatcher::Dispatcher>()?;
     m.add_class::<dispatcher::HandlerDecorator>()?;
+    m.add_class::<async_plan::Planned>()?;
     m.add_class::<queue::BatchQueue>()?;
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(ids::utc_now, m)?)?;
