@@ -1,8 +1,9 @@
 """`relay`: deliver an outbox's free rows in batches, at least once.
 
-Each batch is claimed (a transaction of its own), decoded, dispatched with one
-`dispatch_batch` call, then settled: its rows are deleted in one transaction, together with
-whatever the handlers wrote through the outbox's connection meanwhile. Rows that do not decode
+Each batch is claimed, decoded, dispatched with one `dispatch_batch` call, then settled: its
+rows are deleted in one transaction, together with whatever the handlers wrote through the
+outbox's connection meanwhile, and the same transaction claims the next batch (one commit,
+so one sync at synchronous=FULL, per batch). Rows that do not decode
 go to the dead-letter table at once, reported by id, and never stop the relay.
 
 When a handler raises (dispatcher `on_error="raise"`), the events before the failing one are
@@ -17,8 +18,9 @@ failing row is counted; the failures are raised together at the end.
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from domainbus.uow import describe_error
@@ -62,7 +64,9 @@ def relay(
     collect = getattr(dispatcher, "on_error", "raise") == "collect"
     delivered = 0
     dead_lettered: list[int] = []
-    while (batch := store.claim(batch_size, take_over=take_over)) is not None:
+    claim = functools.partial(store.claim, batch_size, take_over=take_over)
+    (batch,) = _in_transaction(store, claim)
+    while batch is not None:
         ids, events, dead = _decode(store, batch)
         if collect:
             dispatched, failures = _dispatch_each(dispatcher, events)
@@ -75,7 +79,10 @@ def relay(
             raise BaseExceptionGroup(
                 f"domainbus: {len(failures)} outbox event(s) failed", [exc for _, exc in failures]
             )
-        dead_lettered += _settle(store, batch, delivered=ids, dead=dead)
+        # One transaction settles this batch (with the handlers' writes) and claims the next.
+        settle = functools.partial(store.settle, batch, delivered=ids, dead=dead)
+        moved, batch = _in_transaction(store, settle, claim)
+        dead_lettered += moved
         delivered += len(ids)
     return RelayResult(delivered, tuple(dead_lettered))
 
@@ -132,24 +139,17 @@ def _dispatch_each(dispatcher: BatchDispatcher, events: list[Any]) -> tuple[int,
     return len(events), failures
 
 
-def _settle(
-    store: OutboxStore,
-    batch: Batch,
-    *,
-    delivered: Sequence[int] = (),
-    failed: Sequence[tuple[int, str]] = (),
-    dead: Sequence[tuple[int, str]] = (),
-) -> list[int]:
-    """Settle in one transaction, joining the handlers' writes if they opened one."""
+def _in_transaction(store: OutboxStore, *steps: Callable[[], Any]) -> list[Any]:
+    """Run `steps` in one transaction (the one the handlers' writes opened, if any), commit."""
     if not store.in_transaction:
         store.begin()
     try:
-        moved = store.settle(batch, delivered=delivered, failed=failed, dead=dead)
+        results = [step() for step in steps]
         store.commit()
     except BaseException:
         store.rollback()
         raise
-    return moved
+    return results
 
 
 def _settle_failures(
@@ -178,7 +178,8 @@ def _settle_failures(
         for index, exc in failures
         if index >= 0 and isinstance(exc, Exception)
     ]
-    moved = _settle(store, batch, delivered=delivered, failed=failed, dead=dead)
+    settle = functools.partial(store.settle, batch, delivered=delivered, failed=failed, dead=dead)
+    moved: list[int] = _in_transaction(store, settle)[0]
     for index, exc in failures:
         if index >= 0:
             where = "moved to the dead-letter table" if ids[index] in moved else "stays pending"

@@ -99,7 +99,8 @@ class SqliteOutbox:
         self._cursor = connection.cursor()
         self._rng = random.Random(os.urandom(16))
         self._owner = self._rng.getrandbits(63)
-        self._held: list[Batch] = []
+        self._held: list[Batch] = []  # delivered; their rows go with the next commit
+        self._settled: list[Batch] = []  # held batches whose rows the open transaction deletes
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
 
@@ -135,19 +136,24 @@ class SqliteOutbox:
         if self._held:
             self._settle_held()
         self._cursor.execute("COMMIT")
-        self._held.clear()
+        self._settled.clear()
 
     def _settle_held(self) -> None:
+        """Delete the rows of held batches in the current transaction (kept for a rollback)."""
         for batch in self._held:
             if batch.in_rows:  # the common case, a unit of work's batch: one statement
                 params = (batch.ids[0], batch.ids[-1], batch.claim)
                 self._cursor.execute(sql.DELETE_OWN_RANGE, params)
             else:
                 self.settle(batch, delivered=batch.ids)
+        self._settled += self._held
+        self._held.clear()
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any (held batches stay held)."""
         self._tx.rollback()
+        self._held[:0] = self._settled
+        self._settled.clear()
 
     def flush(self) -> None:
         """Delete the rows of delivered batches now instead of with the next commit."""
@@ -196,7 +202,7 @@ class SqliteOutbox:
         return Batch(claim or 0, ids, [], [], in_rows=True)
 
     def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
-        """Claim up to `limit` of the oldest free rows, in a transaction of its own.
+        """Claim up to `limit` of the oldest free rows, in the current transaction.
 
         Claims older than the lease are void; with `take_over`, so is every claim that is not
         this outbox's (use it at start-up when no other process relays this file, never from
@@ -204,33 +210,25 @@ class SqliteOutbox:
         """
         cursor = self._cursor
         now = time.time()
-        self.begin()
-        try:
-            self._settle_held()
-            if take_over:
-                cursor.execute(sql.DELETE_FOREIGN_CLAIMS, (self._owner,))
-                stale = math.inf
-            else:
-                stale = now - self.lease
-                cursor.execute(sql.DELETE_STALE_CLAIMS, (stale,))
-            rows = self._first_free_rows(limit, stale)
-            batch = None
-            if rows:
-                ids = [row[0] for row in rows]
-                claim = self._rng.getrandbits(63)
-                cursor.execute(sql.INSERT_CLAIM, (claim, self._owner, ids[0], ids[-1], now))
-                # Rows taken over from a unit of work lose its claim, so that it can no longer
-                # settle them: from now on only this batch deletes them.
-                taken = [(row[0],) for row in rows if row[3] is not None]
-                if taken:
-                    cursor.executemany(sql.CLEAR_ROW_CLAIM, taken)
-                batch = Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
-            self._cursor.execute("COMMIT")
-            self._held.clear()
-        except BaseException:
-            self.rollback()
-            raise
-        return batch
+        self._settle_held()  # this outbox's delivered rows must not be claimed again
+        if take_over:
+            cursor.execute(sql.DELETE_FOREIGN_CLAIMS, (self._owner,))
+            stale = math.inf
+        else:
+            stale = now - self.lease
+            cursor.execute(sql.DELETE_STALE_CLAIMS, (stale,))
+        rows = self._first_free_rows(limit, stale)
+        if not rows:
+            return None
+        ids = [row[0] for row in rows]
+        claim = self._rng.getrandbits(63)
+        cursor.execute(sql.INSERT_CLAIM, (claim, self._owner, ids[0], ids[-1], now))
+        # Rows taken over from a unit of work lose its claim, so that it can no longer settle
+        # them: from now on only this batch deletes them.
+        taken = [(row[0],) for row in rows if row[3] is not None]
+        if taken:
+            cursor.executemany(sql.CLEAR_ROW_CLAIM, taken)
+        return Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
 
     def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any]]:
         """The oldest free rows in the first gap between live relay claims that has any."""

@@ -62,8 +62,8 @@ class DeadLetter:
 class OutboxStore(Protocol):
     """Durable storage of events, written in the user's transaction and claimed for delivery.
 
-    Transaction methods act on the store's connection. `append` and `settle` run inside the
-    caller's transaction; `claim` runs its own. Claims keep two relays (or a relay and a unit
+    Transaction methods act on the store's connection; `append`, `claim` and `settle` run
+    inside the caller's transaction. Claims keep two relays (or a relay and a unit
     of work) from delivering the same row at the same time; a claim older than the store's
     lease is taken to be abandoned (its owner died) and its rows are claimed again.
     """
@@ -83,7 +83,7 @@ class OutboxStore(Protocol):
         """Store the payloads in the current transaction, claimed by this store or free."""
 
     def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
-        """Claim up to `limit` of the oldest unclaimed rows, in a transaction of its own."""
+        """Claim up to `limit` of the oldest unclaimed rows (None when there are none)."""
 
     def settle(
         self,
