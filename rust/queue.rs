@@ -36,7 +36,6 @@ use self::shared::{lock, Shared, DRAIN, STOP_NOW};
 use crate::dispatcher::Dispatcher;
 use crate::errors::add_note;
 
-const CONSUMER_NOTE: &str = "domainbus: raised in the BatchQueue consumer thread";
 const EXIT_NOTE: &str = "domainbus: raised while stopping a BatchQueue at interpreter exit";
 
 fn capacity_arg(value: &Bound<'_, PyAny>) -> PyResult<usize> {
@@ -329,9 +328,11 @@ impl BatchQueue {
         // put_count also counts pushes in flight (taken back if they fail): never less than
         // the events pushed before this call, hence the min with its later value.
         let target = shared.put_count.load(SeqCst);
-        let done = || shared.dispatched.load(SeqCst) >= target.min(shared.put_count.load(SeqCst));
+        let done = || shared.completed.load(SeqCst) >= target.min(shared.put_count.load(SeqCst));
         loop {
-            if done() {
+            let done_now = done();
+            raise_error(&shared)?; // after: an exception kept with the last batch is seen
+            if done_now {
                 return Ok(true);
             }
             let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
@@ -339,7 +340,6 @@ impl BatchQueue {
             };
             py.detach(|| shared.wait_until(wait, done));
             py.check_signals()?;
-            raise_error(&shared)?;
         }
     }
 
@@ -362,14 +362,14 @@ impl BatchQueue {
     fn _consume(&self, py: Python<'_>) -> PyResult<()> {
         let shared = self.shared.load_full();
         let role = consumer::Role::adopt(&shared);
-        if let Err(err) = consumer::consume(py, &self.target(py), &shared, self.batch_size) {
-            // The exception is kept even if the note cannot be added.
-            drop(add_note(py, &err, CONSUMER_NOTE));
-            shared.store_error(err);
-        }
+        let failure = consumer::consume(py, &self.target(py), &shared, self.batch_size);
+        // Free before the exception shows: whoever sees it may start() or drain() at once.
         drop(role);
         shared.worker_active.store(false, SeqCst);
-        shared.notify_waiters();
+        if let Some(err) = failure {
+            shared.store_error(err);
+        }
+        shared.finish_batch();
         Ok(())
     }
 

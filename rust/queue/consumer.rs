@@ -17,9 +17,11 @@ use pyo3::types::{PyBool, PyInt};
 use super::args::type_name;
 use super::shared::{lock, Shared, DRAIN, RUN, STOP_NOW};
 use crate::dispatcher::Dispatcher;
+use crate::errors::add_note;
 
 /// How long an idle consumer sleeps before looking again (a backstop: puts wake it).
 const IDLE_WAKE: Duration = Duration::from_millis(250);
+const CONSUMER_NOTE: &str = "domainbus: raised in the BatchQueue consumer thread";
 pub const BUSY: &str =
     "this BatchQueue is already being consumed (by its started consumer or a drain() call)";
 
@@ -128,13 +130,15 @@ impl BatchFeed {
             items.1 -= 1;
             (event, items.0.len())
         };
-        self.shared.dispatched.fetch_add(1, Release);
+        let before = self.shared.dispatched.fetch_add(1, Release);
+        self.shared.completed.store(before, Release); // the dispatcher is done with the previous ones
         self.shared.pending_len.store(left, Relaxed);
         Some(event)
     }
 }
 
-/// Hand up to `limit` queued events to the dispatcher; returns (events taken, handler calls).
+/// Hand up to `limit` queued events to the dispatcher; returns the events taken and its result
+/// (handler calls). The caller calls `finish_batch` once it has dealt with an error.
 /// `interruptible`: stop early when `stop(drain=False)` is asked (the background consumer).
 pub fn dispatch_some(
     py: Python<'_>,
@@ -142,14 +146,17 @@ pub fn dispatch_some(
     shared: &Arc<Shared>,
     limit: usize,
     interruptible: bool,
-) -> PyResult<(u64, u64)> {
+) -> (u64, PyResult<u64>) {
     let mut batch = Batch::take(shared, limit);
     if batch.items.is_empty() {
-        return Ok((0, 0));
+        return (0, Ok(0));
     }
     let before = shared.dispatched.load(Relaxed);
     let result = if target.fast {
-        let dispatcher = target.dispatcher.cast::<Dispatcher>()?;
+        let dispatcher = match target.dispatcher.cast::<Dispatcher>() {
+            Ok(dispatcher) => dispatcher,
+            Err(err) => return (0, Err(err.into())),
+        };
         let (mut count, mut left) = (before, limit);
         let items = &mut batch.items;
         let events = std::iter::from_fn(|| {
@@ -158,6 +165,7 @@ pub fn dispatch_some(
             }
             let event = items.pop_front()?;
             left -= 1;
+            shared.completed.store(count, Release); // the dispatcher is done with the previous ones
             count += 1;
             shared.dispatched.store(count, Release); // the role holder is the only writer
             shared.pending_len.store(items.len(), Relaxed);
@@ -175,9 +183,7 @@ pub fn dispatch_some(
         )
     };
     let taken = shared.dispatched.load(Relaxed) - before;
-    drop(batch);
-    shared.notify_waiters(); // join() callers
-    Ok((taken, result?))
+    (taken, result)
 }
 
 fn feed_python(
@@ -222,8 +228,9 @@ pub fn drain(
     let (mut left, mut calls) = (max_events, 0u64);
     while left > 0 {
         let limit = usize::try_from(left).map_or(batch_size, |left| left.min(batch_size));
-        let (taken, batch_calls) = dispatch_some(py, target, shared, limit, false)?;
-        calls = calls.saturating_add(batch_calls);
+        let (taken, result) = dispatch_some(py, target, shared, limit, false);
+        shared.finish_batch();
+        calls = calls.saturating_add(result?);
         if taken == 0 {
             break;
         }
@@ -233,27 +240,32 @@ pub fn drain(
 }
 
 /// The background consumer's loop: sleep (GIL released) while empty, dispatch batches, end
-/// when `stop` asks. Runs on the worker `threading.Thread` holding the role `start()` claimed.
+/// when `stop` asks, or return the exception that stopped a batch (rule 3) with its note. The
+/// caller keeps it, then calls `finish_batch`, so a `join` that sees the batch done raises it.
 pub fn consume(
     py: Python<'_>,
     target: &Target<'_, '_>,
     shared: &Arc<Shared>,
     batch_size: usize,
-) -> PyResult<()> {
-    let _role = Role::adopt(shared);
+) -> Option<PyErr> {
     loop {
         let mode = shared.stop.load(SeqCst);
         if mode == STOP_NOW {
-            return Ok(());
+            return None;
         }
         if shared.is_empty() {
             if mode != RUN {
                 debug_assert_eq!(mode, DRAIN);
-                return Ok(());
+                return None;
             }
             py.detach(|| shared.park_idle(IDLE_WAKE));
             continue;
         }
-        dispatch_some(py, target, shared, batch_size, true)?;
+        let (_, result) = dispatch_some(py, target, shared, batch_size, true);
+        if let Err(err) = result {
+            drop(add_note(py, &err, CONSUMER_NOTE)); // kept even if the note cannot be added
+            return Some(err);
+        }
+        shared.finish_batch();
     }
 }

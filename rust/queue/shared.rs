@@ -56,8 +56,12 @@ pub struct Shared {
     /// Incremented just before each push attempt and taken back if it fails, so `join` never
     /// misses an event pushed before it was called.
     pub put_count: AtomicU64,
-    /// Written only by the role holder.
+    /// Events handed to the dispatcher (a failing one counts). Written only by the role holder.
     pub dispatched: AtomicU64,
+    /// Events whose dispatch has finished (what `join` waits for): the dispatcher asked for the
+    /// next one, or the batch ended. Published after the consumer's exception is kept, so a
+    /// `join` that sees it also sees the exception.
+    pub completed: AtomicU64,
     pub closed: AtomicBool,
     /// `control.error` is set.
     pub failed: AtomicBool,
@@ -85,6 +89,7 @@ impl Shared {
             pending_len: AtomicUsize::new(0),
             put_count: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             stop: AtomicU8::new(RUN),
@@ -192,6 +197,13 @@ impl Shared {
     /// Closed, or the consumer failed: waiters should stop waiting and look.
     pub fn gave_up(&self) -> bool {
         self.closed.load(SeqCst) || self.failed.load(SeqCst)
+    }
+
+    /// The end of a batch (after keeping the consumer's exception, if any): everything handed
+    /// to the dispatcher is done; wake `join` callers.
+    pub fn finish_batch(&self) {
+        self.completed.store(self.dispatched.load(SeqCst), SeqCst);
+        self.notify_waiters();
     }
 
     /// Wake producers and `join` callers, if any wait (call after any change they wait for).

@@ -150,7 +150,8 @@ class BatchQueue:
         self._events: deque[object] = deque()
         self._pending: deque[object] = deque()  # the consumer's batch; consulted first
         self._put_count = 0
-        self._dispatched = 0  # written only by the thread holding the consumer role
+        self._dispatched = 0  # handed to the dispatcher; written only by the consumer role holder
+        self._completed = 0  # finished dispatching (what join() waits for); see _finish_batch
         self._closed = False
         self._stop_mode = _RUN
         self._error: BaseException | None = None
@@ -302,7 +303,10 @@ class BatchQueue:
             calls = 0
             while left is None or left > 0:
                 limit = self._batch_size if left is None else min(self._batch_size, left)
-                taken, batch_calls = self._dispatch_some(limit, interruptible=False)
+                try:
+                    taken, batch_calls = self._dispatch_some(limit, interruptible=False)
+                finally:
+                    self._finish_batch()
                 calls += batch_calls
                 if taken == 0:
                     return calls
@@ -388,8 +392,9 @@ class BatchQueue:
         return True
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every event put before the call has been dispatched (by the consumer or
-        by `drain()` in other threads). Returns False if `timeout` seconds passed first.
+        """Wait until every event put before the call has been dispatched, its handlers done
+        (by the consumer or by `drain()` in other threads). Returns False if `timeout` seconds
+        passed first.
 
         Raises the consumer's pending exception (rule 3), and RuntimeError from the thread
         consuming this queue (it would wait for itself).
@@ -402,12 +407,13 @@ class BatchQueue:
                     "join() called from the thread consuming this BatchQueue would wait for itself"
                 )
             target = self._put_count
-            while self._dispatched < target:
+            while self._completed < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(min(_WAIT_SLICE, remaining))
                 self._raise_error()
+            self._raise_error()
             return True
 
     def __enter__(self) -> Self:
@@ -435,9 +441,11 @@ class BatchQueue:
             self._consumer = None
 
     def _consume(self) -> None:
-        """The worker thread's loop: sleep while empty, dispatch batches, obey stop()."""
+        """The worker thread's loop: sleep while empty, dispatch batches, obey stop(); keep
+        the exception that stops a batch (rule 3)."""
         with self._lock:
             self._consumer = threading.get_ident()
+        failure: BaseException | None = None
         try:
             while True:
                 with self._lock:
@@ -450,22 +458,30 @@ class BatchQueue:
                     if self._stop_mode == _STOP_NOW or not (self._events or self._pending):
                         return
                 self._dispatch_some(self._batch_size, interruptible=True)
+                self._finish_batch()
         except BaseException as exc:
             exc.add_note(_CONSUMER_NOTE)
-            with self._lock:
-                if self._error is None:
-                    self._error = exc
+            failure = exc
         finally:
-            with self._lock:
+            with self._lock:  # all at once: whoever sees the exception may start() or drain()
                 self._release_role()
                 self._worker_active = False
-                self._changed.notify_all()
+                if failure is not None and self._error is None:
+                    self._error = failure
+                self._finish_batch()
+
+    def _finish_batch(self) -> None:
+        """The end of a batch: what was handed to the dispatcher is done; wake join()."""
+        with self._lock:
+            self._completed = self._dispatched
+            self._changed.notify_all()
 
     def _dispatch_some(self, limit: int, *, interruptible: bool) -> tuple[int, int]:
         """Hand up to `limit` events to the dispatcher; returns (events taken, handler calls).
 
         The batch is topped up from the queue under the lock, then fed lazily: the events the
-        dispatcher did not take (it raised, or stop(drain=False) came) stay at the front.
+        dispatcher did not take (it raised, or stop(drain=False) came) stay at the front. The
+        caller calls `_finish_batch` once it has dealt with an exception.
         """
         with self._lock:
             want = limit - len(self._pending)
@@ -480,11 +496,7 @@ class BatchQueue:
             if not self._pending:
                 return 0, 0
         before = self._dispatched
-        try:
-            calls = self._dispatch_batch(self._feed(limit, interruptible))
-        finally:
-            with self._lock:
-                self._changed.notify_all()
+        calls = self._dispatch_batch(self._feed(limit, interruptible))
         if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
             raise TypeError(f"dispatch_batch() must return an int, not {_type_name(calls)}")
         return self._dispatched - before, calls
@@ -495,6 +507,7 @@ class BatchQueue:
             if not pending or (interruptible and self._stop_mode == _STOP_NOW):
                 return
             event = pending.popleft()
+            self._completed = self._dispatched  # the dispatcher is done with the previous ones
             self._dispatched += 1
             yield event
 
