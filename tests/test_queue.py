@@ -348,6 +348,16 @@ def test_join_waits_for_events_put_before_it(backend: ModuleType) -> None:
     assert q.closed
 
 
+def test_join_waits_until_the_handlers_are_done(
+    backend: ModuleType, cleanup: list[Callable[[], object]]
+) -> None:
+    q, rec = held_queue(backend, cleanup)
+    assert (q.dispatched_count, len(q)) == (1, 0)  # handed to the dispatcher...
+    assert q.join(0.05) is False  # ...but its handler is still running
+    rec.release.set()
+    assert q.join(LONG) is True
+
+
 def test_context_manager_drains_on_exit(backend: ModuleType) -> None:
     q, rec = make(backend, batch_size=7)
     with q as entered:
