@@ -6,6 +6,7 @@
 //! - `producer`: `put` and `put_many`, and waiting for room;
 //! - `consumer`: the consumer role, batches, `drain` and the background consumer's loop;
 //! - `args`: argument checks and the `queue.Full` / `QueueClosed` exceptions;
+//! - `worker`: the background consumer's thread (start, stop);
 //! - `lifecycle`: the fork and interpreter-exit hooks.
 //!
 //! The background consumer runs on a Python `threading.Thread` (a daemon) that calls back into
@@ -17,6 +18,7 @@ mod consumer;
 mod lifecycle;
 mod producer;
 mod shared;
+mod worker;
 
 use std::ffi::CString;
 use std::sync::atomic::Ordering::*;
@@ -27,12 +29,11 @@ use arc_swap::ArcSwap;
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::IntoPyDict;
 use pyo3::{intern, PyTraverseError};
 
 use self::consumer::Target;
 use self::producer::{Producer, WAIT_SLICE};
-use self::shared::{lock, Shared, DRAIN, STOP_NOW};
+use self::shared::{lock, Shared};
 use crate::dispatcher::Dispatcher;
 use crate::errors::add_note;
 
@@ -70,18 +71,6 @@ fn raise_error(shared: &Shared) -> PyResult<()> {
     shared.take_error().map_or(Ok(()), Err)
 }
 
-/// Wait for a `threading.Thread` to end, in slices; false if `deadline` passed first.
-fn join_thread(worker: &Bound<'_, PyAny>, deadline: Option<Instant>) -> PyResult<bool> {
-    let py = worker.py();
-    while worker.call_method0(intern!(py, "is_alive"))?.is_truthy()? {
-        let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
-            return Ok(false);
-        };
-        worker.call_method1(intern!(py, "join"), (wait.as_secs_f64(),))?;
-    }
-    Ok(true)
-}
-
 impl BatchQueue {
     fn target<'a, 'py>(&'a self, py: Python<'py>) -> Target<'a, 'py>
     where
@@ -114,32 +103,14 @@ impl BatchQueue {
 
     fn stop_impl(&self, py: Python<'_>, drain: bool, deadline: Option<Instant>) -> PyResult<bool> {
         let shared = self.shared.load_full();
-        shared.close(if drain { DRAIN } else { STOP_NOW });
-        let (worker, on_consumer) = {
-            let control = lock(&shared.control);
-            let worker = control.worker.as_ref().map(|worker| worker.clone_ref(py));
-            (
-                worker,
-                control.consumer == Some(std::thread::current().id()),
-            )
-        };
-        if on_consumer {
-            return Ok(false);
-        }
-        if let Some(worker) = worker {
-            if !join_thread(worker.bind(py), deadline)? {
-                return Ok(false);
-            }
-            let finished = {
-                let mut control = lock(&shared.control);
-                match &control.worker {
-                    Some(current) if current.is(&worker) => control.worker.take(),
-                    _ => None,
+        match worker::stop(py, &shared, drain, deadline)? {
+            worker::Stopped::Running => return Ok(false),
+            worker::Stopped::Joined => {}
+            worker::Stopped::NoWorker => {
+                if drain && !shared.failed.load(SeqCst) {
+                    self.drain_all(py, u64::MAX)?;
                 }
-            };
-            drop(finished);
-        } else if drain && !shared.failed.load(SeqCst) {
-            self.drain_all(py, u64::MAX)?;
+            }
         }
         raise_error(&shared)?;
         Ok(true)
@@ -247,7 +218,6 @@ impl BatchQueue {
 
     /// Start the background consumer (a daemon `threading.Thread`).
     fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
         let shared = this.shared.load_full();
         raise_error(&shared)?;
@@ -265,41 +235,8 @@ impl BatchQueue {
                 "this BatchQueue is already started",
             ));
         }
-        let launch = || -> PyResult<()> {
-            let finished = lock(&shared.control).worker.take();
-            if let Some(finished) = finished {
-                finished.bind(py).call_method0(intern!(py, "join"))?; // a failed run's thread
-            }
-            if !consumer::claim(&shared) {
-                return Err(PyRuntimeError::new_err(consumer::BUSY));
-            }
-            let kwargs = [
-                ("target", slf.getattr(intern!(py, "_consume"))?),
-                ("name", "domainbus-BatchQueue".into_pyobject(py)?.into_any()),
-                ("daemon", true.into_pyobject(py)?.to_owned().into_any()),
-            ]
-            .into_py_dict(py)?;
-            let thread = py
-                .import(intern!(py, "threading"))?
-                .getattr(intern!(py, "Thread"))?
-                .call((), Some(&kwargs));
-            let thread = match thread {
-                Ok(thread) => thread,
-                Err(err) => {
-                    shared.consuming.store(false, SeqCst);
-                    return Err(err);
-                }
-            };
-            lock(&shared.control).worker = Some(thread.clone().unbind());
-            if let Err(err) = thread.call_method0(intern!(py, "start")) {
-                let worker = lock(&shared.control).worker.take();
-                drop(worker);
-                shared.consuming.store(false, SeqCst);
-                return Err(err);
-            }
-            Ok(())
-        };
-        launch().inspect_err(|_| shared.worker_active.store(false, SeqCst))
+        worker::launch(slf.as_any(), &shared)
+            .inspect_err(|_| shared.worker_active.store(false, SeqCst))
     }
 
     /// Close the queue, then wait for the consumer (see the pure backend for the contract).
@@ -325,8 +262,9 @@ impl BatchQueue {
                 "join() called from the thread consuming this BatchQueue would wait for itself",
             ));
         }
-        // put_count also counts pushes in flight (taken back if they fail): never less than
-        // the events pushed before this call, hence the min with its later value.
+        // put_count counts every event pushed before this call (see `producer`), and may also
+        // count a push in flight that then fails and is taken back: hence the min with its
+        // later value.
         let target = shared.put_count.load(SeqCst);
         let done = || shared.completed.load(SeqCst) >= target.min(shared.put_count.load(SeqCst));
         loop {
