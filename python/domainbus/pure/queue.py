@@ -16,7 +16,9 @@ Rules (pinned by tests/test_queue.py on both backends):
    to the front of the queue. In the background consumer the exception is kept and raised by
    the next `put`, `put_many`, `join`, `stop` or `start`, once, with the note
    "domainbus: raised in the BatchQueue consumer thread". `start()` resumes after the failure.
-4. Waits (`put` on a full queue, `join`, `stop`) wake every 50 ms, so Ctrl-C is prompt.
+4. Waits (`put` on a full queue, `join`, `stop`) wake every 50 ms, so Ctrl-C is prompt. On
+   the consuming thread (in a handler) nothing waits for itself: `put` on a full queue raises
+   `queue.Full` at once, `join()` raises RuntimeError, `stop()` returns False at once.
 5. After `os.fork()` the child's queues are empty, stopped, not closed, with zeroed counters.
 6. At interpreter exit every started queue is stopped with `drain=True`; an error that raises
    is printed to stderr; events still queued then (never started, stopped with `drain=False`,
