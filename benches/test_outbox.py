@@ -17,6 +17,9 @@ alternately, round after round, and take the median of the per-pair ratios. Both
 ratio are printed at the end of the run:
 
     pytest benches/test_outbox.py --benchmark-group-by=group
+
+Add `--benchmark-timer time.process_time` to compare CPU time instead (both kinds follow it):
+steadier on a busy machine, but blind to the time spent waiting for fsync.
 """
 
 from __future__ import annotations
@@ -292,13 +295,15 @@ def timed(bench: str, benchmark: Any, rounds: Rounds, level: str, system: str, c
 def test_paired(request: pytest.FixtureRequest, rounds: Rounds, bench: str, level: str) -> None:
     """The systems in turn, round after round; the ratio of each round's times."""
     disabled = request.config.getoption("benchmark_disable", False)
+    timer = request.config.getoption("benchmark_timer", None)  # follows --benchmark-timer
+    clock: Callable[[], float] = timer if callable(timer) else time.perf_counter
     times: dict[str, list[float]] = {system: [] for system in SYSTEMS[bench]}
     for _ in range(1 if disabled else PAIRS[level]):
         for system in SYSTEMS[bench]:
             run = rounds.prepare(bench, system, level)
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[system].append(time.perf_counter() - start)
+            times[system].append(clock() - start)
     for floor in SYSTEMS[bench][1:]:
         RESULTS.paired[bench, level, floor] = [
             ours / base for ours, base in zip(times["domainbus"], times[floor], strict=True)
