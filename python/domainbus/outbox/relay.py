@@ -3,8 +3,8 @@
 Each batch is claimed, decoded, dispatched with one `dispatch_batch` call, then settled: its
 rows are deleted in one transaction, together with whatever the handlers wrote through the
 outbox's connection meanwhile, and the same transaction claims the next batch (one commit,
-so one sync at synchronous=FULL, per batch). Rows that do not decode
-go to the dead-letter table at once, reported by id, and never stop the relay.
+so one sync at synchronous=FULL, per batch). Rows that do not decode go to the dead-letter
+table at once, reported by id, and never stop the relay.
 
 When a handler raises (dispatcher `on_error="raise"`), the events before the failing one are
 settled as delivered, the failing row's attempt is counted, the rest of the batch is released
