@@ -10,6 +10,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from domainbus import DomainEvent
 from domainbus.aggregate import AggregateRoot
@@ -228,3 +230,32 @@ def test_tracking_twice_collects_once(backend: ModuleType) -> None:
         uow.track(account)
         account.act("once")
     assert whats(log) == ["once"]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.integers(min_value=-1, max_value=3), max_size=25))
+def test_dispatch_order_matches_the_model(backend: ModuleType, program: list[int]) -> None:
+    """Events come source by source, in the order the sources joined, each in recording order.
+
+    `program` records one event per step: on aggregate k (tracked at its first use), or with
+    uow.record for -1.
+    """
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Happened, log.append)
+    accounts = [Account(str(k)) for k in range(4)]
+    joined: list[int] = []
+    model: dict[int, list[str]] = {}
+    with UnitOfWork(dispatcher) as uow:
+        for step, source in enumerate(program):
+            what = f"{source}:{step}"
+            if source == -1:
+                uow.record(Happened(what=what))
+            else:
+                uow.track(accounts[source]).act(what)
+            if source not in joined:
+                joined.append(source)
+            model.setdefault(source, []).append(what)
+    assert whats(log) == [what for source in joined for what in model[source]]
