@@ -37,9 +37,8 @@ impl Dispatcher {
     pub(crate) fn take<'py>(
         &self,
         py: Python<'py>,
-        planned: &Planned,
+        reg: &Arc<Registration>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let reg = &planned.reg;
         let Some(handler) = reg.live_handler(py)? else {
             return Ok(None);
         };

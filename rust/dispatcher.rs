@@ -12,6 +12,7 @@ use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError};
 
 use crate::async_plan::{async_driver, Planned};
+use crate::awaiting::AsyncDispatch;
 use crate::errors::Policy;
 use crate::registry::{Registration, Registry, Snapshot};
 
@@ -398,7 +399,11 @@ impl Dispatcher {
         concurrent: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let events = PyTuple::new(slf.py(), [event])?.into_any();
-        async_driver(slf, events, false, concurrent)
+        if concurrent || slf.get().nested == Nested::Queue {
+            return async_driver(slf, events, false, concurrent);
+        }
+        let dispatch = AsyncDispatch::new(slf, events.try_iter(), false);
+        Ok(Bound::new(slf.py(), dispatch)?.into_any())
     }
 
     /// Awaitable `dispatch_batch`; `concurrent=True` runs one event's handlers together.
@@ -408,7 +413,19 @@ impl Dispatcher {
         events: &Bound<'py, PyAny>,
         concurrent: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        async_driver(slf, events.clone(), true, concurrent)
+        if concurrent || slf.get().nested == Nested::Queue {
+            return async_driver(slf, events.clone(), true, concurrent);
+        }
+        let iterator = events
+            .try_iter()
+            .map_err(|_| match qualname_of_type(events) {
+                Ok(name) => PyTypeError::new_err(format!(
+                    "dispatch_batch_async() needs an iterable of events, not {name}"
+                )),
+                Err(err) => err,
+            });
+        let dispatch = AsyncDispatch::new(slf, iterator, true);
+        Ok(Bound::new(slf.py(), dispatch)?.into_any())
     }
 
     fn _plan<'py>(&self, event_type: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
@@ -420,7 +437,7 @@ impl Dispatcher {
         py: Python<'py>,
         planned: PyRef<'py, Planned>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.take(py, &planned)
+        self.take(py, &planned.reg)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

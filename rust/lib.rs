@@ -5,13 +5,15 @@
 //! - `dispatch`: the dispatch loop (batches, nested modes, error policies);
 //! - `nested`: per-thread FIFOs of `nested="queue"` dispatchers;
 //! - `errors`: error notes and the ExceptionGroup of "collect";
-//! - `async_plan`: the plan/take primitives behind `dispatch_async`;
+//! - `awaiting`: the hand-written coroutine of sequential `dispatch_async` (the fast path);
+//! - `async_plan`: the plan/take primitives of the general async path (`domainbus._async`);
 //! - `ids`: UUIDv7 event ids and UTC timestamps;
 //! - `queue`: the `BatchQueue` (lock-free batching queue feeding the dispatch loop).
 
 use pyo3::prelude::*;
 
 mod async_plan;
+mod awaiting;
 mod dispatch;
 mod dispatcher;
 mod errors;
@@ -25,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dispatcher::Dispatcher>()?;
     m.add_class::<dispatcher::HandlerDecorator>()?;
     m.add_class::<async_plan::Planned>()?;
+    m.add_class::<awaiting::AsyncDispatch>()?;
     m.add_class::<queue::BatchQueue>()?;
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(ids::utc_now, m)?)?;

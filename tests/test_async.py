@@ -287,3 +287,38 @@ def test_async_registry_changes_apply_from_next_event(make_dispatcher: Any) -> N
     d.register_handler(Signup, first)
     assert run(d.dispatch_batch_async([Signup(n=1), Signup(n=2)])) == 3
     assert seen == ["first1", "first2", "late2"]
+
+
+def test_the_returned_object_is_a_coroutine_for_asyncio(make_dispatcher: Any) -> None:
+    d = make_dispatcher()
+    seen: list[int] = []
+    d.register_handler(Signup, lambda e: seen.append(e.n))
+
+    async def main() -> int:
+        pending = d.dispatch_async(Signup(n=1))
+        assert asyncio.iscoroutine(pending)
+        return await asyncio.create_task(pending)
+
+    assert run(main()) == 1 and seen == [1]
+
+
+def test_awaiting_twice_is_an_error(make_dispatcher: Any) -> None:
+    d = make_dispatcher()
+
+    async def main() -> None:
+        pending = d.dispatch_async(Signup())
+        assert await pending == 0
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await pending
+
+    run(main())
+
+
+def test_a_forgotten_await_warns_like_a_coroutine(make_dispatcher: Any) -> None:
+    d = make_dispatcher()
+    seen: list[Any] = []
+    d.register_handler(Signup, seen.append)
+    with pytest.warns(RuntimeWarning, match="coroutine 'dispatch_async' was never awaited"):
+        d.dispatch_async(Signup())
+        gc.collect()
+    assert seen == []  # nothing ran

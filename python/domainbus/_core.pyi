@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension `domainbus._core` (see `domainbus.pure` for the contract)."""
 
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, final
@@ -57,6 +57,14 @@ class Dispatcher:
     ) -> Coroutine[Any, Any, int]: ...
     def _plan(self, event_type: type) -> tuple[Planned, ...]: ...
     def _take(self, planned: Planned) -> Callable[..., Any] | None: ...
+
+class AsyncDispatch(Coroutine[Any, Any, int]):
+    """The coroutine `dispatch_async` returns on the fast path (sequential, immediate)."""
+
+    def __await__(self) -> Generator[Any, None, int]: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, exc: Any, value: Any = ..., traceback: Any = ..., /) -> Any: ...
+    def close(self) -> None: ...
 
 class Planned:
     """One registration of a dispatch plan (opaque)."""

@@ -1,0 +1,455 @@
+//! The fast path of `dispatch_async` / `dispatch_batch_async` (sequential, `nested="immediate"`).
+//!
+//! `AsyncDispatch` is a coroutine object written by hand: each `send` runs the dispatch loop in
+//! Rust, calling handlers until one returns an awaitable, then drives that awaitable with
+//! `PyIter_Send` (no StopIteration per handler) and yields whatever it yields to the event loop.
+//! A handler coroutine that finishes without suspending costs one call and one send, so a
+//! batch of async handlers runs at close to a hand-written `for e in events: await h(e)`.
+//! The rules are those of `domainbus._async` (the general path, shared with the pure backend,
+//! used for `concurrent=True` and `nested="queue"`); the parity tests hold the two together.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyIterator, PyType};
+use pyo3::PyTraverseError;
+
+use crate::dispatcher::{Config, Dispatcher};
+use crate::errors::{self, Policy};
+use crate::registry::{Resolved, Snapshot};
+
+/// What an awaitable being driven belongs to: a handler's result, or a hook's.
+enum Owner {
+    Handler(Py<PyAny>),
+    Hook,
+}
+
+struct Awaiting {
+    iter: Py<PyAny>,
+    owner: Owner,
+}
+
+/// The event whose handlers are being called.
+struct Current {
+    event: Py<PyAny>,
+    event_type: Py<PyType>,
+    index: Option<usize>,
+    next: usize, // position in `AsyncDispatch::regs`
+}
+
+enum Advance<'py> {
+    Yielded(Bound<'py, PyAny>),
+    Pending,
+    Finished,
+}
+
+enum Input {
+    Send(Py<PyAny>),
+    Throw(PyErr),
+}
+
+enum Sent<'py> {
+    Yielded(Bound<'py, PyAny>),
+    Returned,
+}
+
+#[pyclass(module = "domainbus.rust")]
+pub struct AsyncDispatch {
+    dispatcher: Py<Dispatcher>,
+    events: Option<Py<PyIterator>>,
+    batch: bool,
+    next_index: usize,
+    config: Arc<Config>,
+    version: u64,
+    snapshot: Option<Arc<Snapshot>>,
+    /// The last event type resolved and its registrations (the current event's, if any).
+    last_type: Option<Py<PyType>>,
+    regs: Resolved,
+    current: Option<Current>,
+    awaiting: Option<Awaiting>,
+    calls: u64,
+    failures: Option<Vec<PyErr>>,
+    /// An error found when the call was made, raised when first awaited (as a coroutine would).
+    pending_error: Option<PyErr>,
+    started: bool,
+    done: bool,
+}
+
+/// The iterator `await` would drive for `value`, or None when it is not awaitable.
+fn await_iter<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    // SAFETY: `value` is a live object; PyCoro_CheckExact only reads its type pointer.
+    if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } != 0 {
+        return Ok(Some(value.clone()));
+    }
+    let py = value.py();
+    if value.get_type().hasattr(intern!(py, "__await__"))? {
+        return value.call_method0(intern!(py, "__await__")).map(Some);
+    }
+    Ok(None)
+}
+
+/// One step of an awaitable: `PyIter_Send`, which reports completion without StopIteration.
+fn send_into<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
+    let py = iter.py();
+    let mut result: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: both objects are live for the call; `result` receives a new reference (or NULL
+    // on error, with the exception set), which is taken over below.
+    let status = unsafe { ffi::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut result) };
+    match status {
+        ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
+        ffi::PySendResult::PYGEN_NEXT => {
+            // SAFETY: PYGEN_NEXT hands us an owned, non-NULL reference to the yielded value.
+            Ok(Sent::Yielded(unsafe { Bound::from_owned_ptr(py, result) }))
+        }
+        ffi::PySendResult::PYGEN_RETURN => {
+            // SAFETY: PYGEN_RETURN hands us an owned reference to the return value.
+            drop(unsafe { Bound::from_owned_ptr_or_opt(py, result) });
+            Ok(Sent::Returned)
+        }
+    }
+}
+
+/// `throw` into an awaitable, mapping StopIteration to completion.
+fn throw_into<'py>(iter: &Bound<'py, PyAny>, err: PyErr) -> PyResult<Sent<'py>> {
+    let py = iter.py();
+    if !iter.hasattr(intern!(py, "throw"))? {
+        return Err(err);
+    }
+    match iter.call_method1(intern!(py, "throw"), (err.into_value(py),)) {
+        Ok(value) => Ok(Sent::Yielded(value)),
+        Err(err) if err.is_instance_of::<PyStopIteration>(py) => Ok(Sent::Returned),
+        Err(err) => Err(err),
+    }
+}
+
+impl AsyncDispatch {
+    pub fn new(
+        dispatcher: &Bound<'_, Dispatcher>,
+        events: PyResult<Bound<'_, PyIterator>>,
+        batch: bool,
+    ) -> Self {
+        let (events, pending_error) = match events {
+            Ok(events) => (Some(events.unbind()), None),
+            Err(err) => (None, Some(err)),
+        };
+        let config = dispatcher.get().config.load_full();
+        let failures = matches!(config.on_error, Policy::Collect).then(Vec::new);
+        Self {
+            dispatcher: dispatcher.clone().unbind(),
+            events,
+            batch,
+            next_index: 0,
+            config,
+            version: u64::MAX,
+            snapshot: None,
+            last_type: None,
+            regs: Arc::new([]),
+            current: None,
+            awaiting: None,
+            calls: 0,
+            failures,
+            pending_error,
+            started: false,
+            done: false,
+        }
+    }
+
+    /// Run until an awaitable yields (Ok(Some(value)) for the event loop) or all is done.
+    fn step<'py>(&mut self, py: Python<'py>, mut input: Input) -> PyResult<Bound<'py, PyAny>> {
+        if self.done {
+            return Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            ));
+        }
+        self.started = true;
+        if let Some(err) = self.pending_error.take() {
+            self.done = true;
+            return Err(err);
+        }
+        let outcome = self.run(py, &mut input);
+        if outcome.is_err() {
+            self.done = true;
+            self.awaiting = None;
+            self.current = None;
+        }
+        outcome
+    }
+
+    fn run<'py>(&mut self, py: Python<'py>, input: &mut Input) -> PyResult<Bound<'py, PyAny>> {
+        loop {
+            if let Some(awaiting) = self.awaiting.take() {
+                let iter = awaiting.iter.bind(py);
+                let given = std::mem::replace(input, Input::Send(py.None()));
+                let sent = match given {
+                    Input::Send(value) => send_into(iter, value.bind(py)),
+                    Input::Throw(err) => throw_into(iter, err),
+                };
+                match sent {
+                    Ok(Sent::Yielded(value)) => {
+                        self.awaiting = Some(awaiting);
+                        return Ok(value);
+                    }
+                    Ok(Sent::Returned) => {}
+                    Err(err) => match awaiting.owner {
+                        Owner::Handler(handler) => self.fail(py, err, handler.bind(py))?,
+                        Owner::Hook => return Err(err),
+                    },
+                }
+                continue;
+            }
+            if let Input::Throw(err) = std::mem::replace(input, Input::Send(py.None())) {
+                return Err(err); // thrown in while nothing was being awaited
+            }
+            match self.advance(py)? {
+                Advance::Yielded(value) => return Ok(value),
+                Advance::Pending => {}
+                Advance::Finished => {
+                    return match self.failures.take() {
+                        Some(failures) if !failures.is_empty() => {
+                            Err(errors::exception_group(py, failures))
+                        }
+                        _ => Err(PyStopIteration::new_err((self.calls,))),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Call handlers (sending into the awaitables they return) until an awaitable yields
+    /// (`Yielded`), a hook's awaitable waits in `self.awaiting` (`Pending`), or the events are
+    /// exhausted (`Finished`).
+    fn advance<'py>(&mut self, py: Python<'py>) -> PyResult<Advance<'py>> {
+        loop {
+            let Some(current) = self.current.as_mut() else {
+                if !self.next_event(py)? {
+                    return Ok(Advance::Finished);
+                }
+                if self.awaiting.is_some() {
+                    return Ok(Advance::Pending); // an on_unhandled hook returned an awaitable
+                }
+                continue;
+            };
+            let Some(reg) = self.regs.get(current.next) else {
+                self.current = None;
+                continue;
+            };
+            current.next += 1;
+            let Some(handler) = self.dispatcher.get().take(py, reg)? else {
+                continue;
+            };
+            self.calls += 1;
+            let result = handler
+                .call1((current.event.bind(py),))
+                .and_then(|r| await_iter(&r))
+                .and_then(|iter| match iter {
+                    None => Ok(None),
+                    Some(iter) => match send_into(&iter, &py.None().into_bound(py))? {
+                        Sent::Returned => Ok(None),
+                        Sent::Yielded(value) => Ok(Some((iter, value))),
+                    },
+                });
+            match result {
+                Ok(None) => {}
+                Ok(Some((iter, value))) => {
+                    self.awaiting = Some(Awaiting {
+                        iter: iter.unbind(),
+                        owner: Owner::Handler(handler.unbind()),
+                    });
+                    return Ok(Advance::Yielded(value));
+                }
+                Err(err) => {
+                    self.fail(py, err, &handler)?;
+                    if self.awaiting.is_some() {
+                        return Ok(Advance::Pending); // an on_error callback returned an awaitable
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take the next event and resolve its handlers; false when the events are exhausted.
+    fn next_event(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let Some(events) = self.events.as_ref() else {
+            return Ok(false);
+        };
+        let Some(event) = events.bind(py).clone().next() else {
+            self.events = None;
+            return Ok(false);
+        };
+        let event = event?;
+        let index = self.batch.then_some(self.next_index);
+        self.next_index += 1;
+        let dispatcher = self.dispatcher.get();
+        let version = dispatcher.version.load(Ordering::Acquire);
+        if version != self.version || self.snapshot.is_none() {
+            self.snapshot = Some(dispatcher.state.load_full());
+            self.version = version;
+            self.last_type = None;
+        }
+        let event_type = event.get_type();
+        let same_type = self
+            .last_type
+            .as_ref()
+            .is_some_and(|t| t.bind(py).is(&event_type));
+        if !same_type {
+            if let Some(snapshot) = &self.snapshot {
+                self.regs = snapshot.resolve(&event_type)?;
+            }
+            self.last_type = Some(event_type.clone().unbind());
+        }
+        if self.regs.is_empty() {
+            if let Some(hook) = &self.config.on_unhandled {
+                let result = hook.bind(py).call1((&event,))?;
+                if let Some(iter) = await_iter(&result)? {
+                    self.awaiting = Some(Awaiting {
+                        iter: iter.unbind(),
+                        owner: Owner::Hook,
+                    });
+                }
+            }
+            return Ok(true);
+        }
+        self.current = Some(Current {
+            event: event.unbind(),
+            event_type: event_type.unbind(),
+            index,
+            next: 0,
+        });
+        Ok(true)
+    }
+
+    /// Apply the error policy to a handler failure (rule 8); an awaitable returned by an
+    /// `on_error` callback is awaited next.
+    fn fail(&mut self, py: Python<'_>, err: PyErr, handler: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !errors::is_exception(py, &err) {
+            return Err(err);
+        }
+        let Some(current) = self.current.as_ref() else {
+            return Err(err);
+        };
+        let event_type = current.event_type.bind(py);
+        errors::add_note(
+            py,
+            &err,
+            &errors::failure_note(handler, event_type, current.index)?,
+        )?;
+        if let Some(failures) = self.failures.as_mut() {
+            failures.push(err);
+            return Ok(());
+        }
+        let Policy::Callback(callback) = &self.config.on_error else {
+            return Err(err);
+        };
+        let event = current.event.bind(py);
+        let result = callback.bind(py).call1((err.value(py), event, handler))?;
+        if let Some(iter) = await_iter(&result)? {
+            self.awaiting = Some(Awaiting {
+                iter: iter.unbind(),
+                owner: Owner::Hook,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Like a coroutine that is dropped without being awaited: a RuntimeWarning, so a forgotten
+/// `await` does not go unnoticed (the pure backend's coroutine warns the same way).
+impl Drop for AsyncDispatch {
+    fn drop(&mut self) {
+        if self.started || self.done {
+            return;
+        }
+        Python::try_attach(|py| {
+            let message = c"coroutine 'dispatch_async' was never awaited";
+            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            if let Err(err) = PyErr::warn(py, &category, message, 1) {
+                err.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+#[pymethods]
+impl AsyncDispatch {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.step(py, Input::Send(py.None()))
+    }
+
+    fn send<'py>(&mut self, py: Python<'py>, value: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.step(py, Input::Send(value))
+    }
+
+    #[pyo3(signature = (exc, value = None, traceback = None))]
+    fn throw<'py>(
+        &mut self,
+        py: Python<'py>,
+        exc: &Bound<'py, PyAny>,
+        value: Option<&Bound<'py, PyAny>>,
+        traceback: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = traceback;
+        let err = match value {
+            Some(value) if exc.is_instance_of::<PyType>() && !value.is_none() => {
+                PyErr::from_value(exc.call1((value,))?)
+            }
+            _ if exc.is_instance_of::<PyType>() => PyErr::from_value(exc.call0()?),
+            _ => PyErr::from_value(exc.clone()),
+        };
+        if self.done {
+            return Err(err);
+        }
+        self.step(py, Input::Throw(err))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.dispatcher)?;
+        visit.call(&self.events)?;
+        if let Some(current) = &self.current {
+            visit.call(&current.event)?;
+            visit.call(&current.event_type)?;
+        }
+        if let Some(awaiting) = &self.awaiting {
+            visit.call(&awaiting.iter)?;
+            if let Owner::Handler(handler) = &awaiting.owner {
+                visit.call(handler)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.started = true;
+        self.events = None;
+        self.current = None;
+        self.awaiting = None;
+        self.done = true;
+    }
+
+    /// Stop: close the awaitable in progress; the remaining handlers are not called.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.started = true;
+        self.done = true;
+        self.current = None;
+        self.events = None;
+        if let Some(awaiting) = self.awaiting.take() {
+            let iter = awaiting.iter.bind(py);
+            if iter.hasattr(intern!(py, "close"))? {
+                iter.call_method0(intern!(py, "close"))?;
+            }
+        }
+        Ok(())
+    }
+}
