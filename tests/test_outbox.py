@@ -6,6 +6,7 @@ dispatching, one during a relay, and two relay the same file at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ import pytest
 from domainbus import DomainEvent
 from domainbus.codec import EventCodec
 from domainbus.outbox import OutboxError, RelayResult, SqliteOutbox, idempotent
-from domainbus.uow import UnitOfWork
+from domainbus.uow import AsyncUnitOfWork, UnitOfWork
 
 
 class Registered(DomainEvent):
@@ -310,6 +311,44 @@ def test_rows_taken_over_are_settled_by_their_new_owner_only(
     hasty.close()
 
 
+def test_async_unit_of_work_with_the_outbox(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    """Stored with the writes, delivered with dispatch_async; a cancelled dispatch leaves the
+    rest to the relay, without counting a failed attempt."""
+    dispatcher = backend.Dispatcher()
+    log: list[int] = []
+
+    async def handler(event: Registered) -> None:
+        log.append(event.n)
+        if event.n == 2:
+            await asyncio.sleep(3600)  # cancelled below
+
+    dispatcher.register_handler(Registered, handler)
+
+    async def main() -> None:
+        async with AsyncUnitOfWork(dispatcher, outbox=outbox) as uow:
+            outbox.connection.execute("INSERT INTO users VALUES (1)")
+            for n in (1, 2, 3):
+                uow.record(Registered(n=n))
+
+    async def cancel_it() -> None:
+        task = asyncio.create_task(main())
+        while 2 not in log:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_it())
+    assert log == [1, 2]
+    assert count(outbox, "SELECT count(*) FROM users") == 1
+    assert outbox.pending() == 2
+    assert count(outbox, "SELECT sum(attempts) FROM domainbus_outbox") == 0
+    dispatcher.clear()
+    dispatcher.register_handler(Registered, lambda e: log.append(e.n))
+    assert outbox.relay(dispatcher) == RelayResult(delivered=2)
+    assert log == [1, 2, 2, 3]
+
+
 # -- relaying --------------------------------------------------------------------------------
 
 
@@ -547,7 +586,7 @@ import importlib, os, signal, sys, time
 from domainbus import DomainEvent
 from domainbus.codec import EventCodec
 from domainbus.outbox import SqliteOutbox, idempotent
-from domainbus.uow import UnitOfWork
+from domainbus.uow import AsyncUnitOfWork, UnitOfWork
 
 backend = importlib.import_module(sys.argv[1])
 path = sys.argv[2]

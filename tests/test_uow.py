@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from domainbus import DomainEvent
 from domainbus.aggregate import AggregateRoot
-from domainbus.uow import UnitOfWork
+from domainbus.uow import AsyncUnitOfWork, UnitOfWork
 
 
 class Happened(DomainEvent):
@@ -259,3 +260,94 @@ def test_dispatch_order_matches_the_model(backend: ModuleType, program: list[int
                 joined.append(source)
             model.setdefault(source, []).append(what)
     assert whats(log) == [what for source in joined for what in model[source]]
+
+
+# -- AsyncUnitOfWork ---------------------------------------------------------------------------
+
+
+def test_async_commit_then_dispatch_with_nested_fifo(
+    backend: ModuleType, db: sqlite3.Connection
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[str] = []
+    seen_rows: list[int] = []
+    other = reader(db)
+
+    async def main() -> None:
+        uow = AsyncUnitOfWork(dispatcher, db)
+
+        async def react(event: Happened) -> None:
+            await asyncio.sleep(0)
+            seen_rows.append(other.execute("SELECT count(*) FROM rows").fetchone()[0])
+            log.append(event.what)
+            if event.what == "a1":
+                uow.record(Happened(what="from-a1"))
+
+        dispatcher.register_handler(Happened, react)
+        account = Account("a")
+        async with uow:
+            db.execute("INSERT INTO rows VALUES ('x')")
+            uow.track(account)
+            account.act("a1")
+            account.act("a2")
+            assert log == []
+
+    asyncio.run(main())
+    assert log == ["a1", "a2", "from-a1"]
+    assert seen_rows == [1, 1, 1]  # every handler ran after the commit
+    other.close()
+
+
+def test_async_exception_rolls_back_and_discards(
+    backend: ModuleType, db: sqlite3.Connection
+) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Happened, log.append)
+    account = Account("a")
+
+    async def main() -> None:
+        async with AsyncUnitOfWork(dispatcher, db) as uow:
+            db.execute("INSERT INTO rows VALUES ('x')")
+            uow.track(account).act("lost")
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        asyncio.run(main())
+    assert log == [] and account.pull_events() == []
+    assert db.execute("SELECT count(*) FROM rows").fetchone()[0] == 0
+
+
+def test_async_concurrent_runs_one_events_handlers_together(backend: ModuleType) -> None:
+    dispatcher = backend.Dispatcher()
+    log: list[str] = []
+
+    def handler(name: str) -> Any:
+        async def run(event: Happened) -> None:
+            log.append(f"{name}-start")
+            await asyncio.sleep(0.001)
+            log.append(f"{name}-end")
+
+        return run
+
+    dispatcher.register_handler(Happened, handler("a"))
+    dispatcher.register_handler(Happened, handler("b"))
+
+    async def main(concurrent: bool) -> None:
+        async with AsyncUnitOfWork(dispatcher, concurrent=concurrent) as uow:
+            uow.record(Happened(what="x"))
+
+    asyncio.run(main(False))
+    assert log == ["a-start", "a-end", "b-start", "b-end"]
+    log.clear()
+    asyncio.run(main(True))
+    assert log[:2] == ["a-start", "b-start"]
+
+
+def test_async_needs_dispatch_async() -> None:
+    class SyncOnly:
+        def dispatch(self, event: object) -> int:
+            return 0
+
+    with pytest.raises(TypeError, match="dispatch_async"):
+        AsyncUnitOfWork(SyncOnly())  # type: ignore[arg-type]

@@ -5,6 +5,8 @@
         uow.track(user)                    # an AggregateRoot (anything with pull_events())
         uow.record(SomethingHappened())    # or an event recorded directly
 
+`AsyncUnitOfWork` is the same as an `async with` block, dispatching with `dispatch_async`.
+
 On a clean exit the transaction commits first; only then are the events collected and
 dispatched, so a handler never sees an event whose change was rolled back. On an exception the
 transaction rolls back, every pending event is discarded and the exception propagates.
@@ -29,14 +31,20 @@ the round as delivered), or rolled back if a handler raises. On a connection in 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 if TYPE_CHECKING:
     from domainbus.outbox.store import Batch, OutboxStore
 
-__all__ = ["EventSource", "SqliteTransaction", "UnitOfWork"]
+__all__ = [
+    "AsyncUnitOfWork",
+    "DispatcherLike",
+    "EventSource",
+    "SqliteTransaction",
+    "UnitOfWork",
+]
 
 A = TypeVar("A", bound="EventSource")
 
@@ -49,6 +57,12 @@ class EventSource(Protocol):
 
 class DispatcherLike(Protocol):
     def dispatch(self, event: object) -> int: ...
+
+
+class AsyncDispatcherLike(Protocol):
+    def dispatch_async(
+        self, event: object, *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]: ...
 
 
 class Transaction(Protocol):
@@ -116,32 +130,27 @@ class _OwnEvents:
 _NEW, _OPEN, _DISPATCHING, _CLOSED = range(4)  # the life of a unit of work
 
 
-class UnitOfWork:
-    """A transaction plus the domain events it causes; used once, as a `with` block.
+class _Round:
+    """One round of dispatch: its events, their outbox batch, and what handlers recorded."""
 
-    `dispatcher`: a `Dispatcher` of either backend (anything with `dispatch(event)`).
-    `connection`: the user's `sqlite3.Connection`; the unit of work begins, commits and rolls
-    back its transaction. `outbox`: an outbox store (e.g. `SqliteOutbox`) on that same
-    connection; the events are then stored with the user's writes and delivered at least once.
-    With neither, there is no transaction and the events are dispatched on a clean exit.
+    __slots__ = ("batch", "events", "payloads", "queued")
 
-    A failure while dispatching (after the commit) propagates with a note saying what was
-    committed and what became of the remaining events.
-    """
+    def __init__(self, events: list[Any], batch: Batch | None) -> None:
+        self.events = events
+        self.batch = batch
+        self.queued: list[Any] = []  # recorded by this round's handlers: the next round
+        self.payloads: list[bytes] = []  # their encodings, when there is an outbox
+
+
+class _UnitOfWorkBase:
+    """What the sync and async units of work share: everything but how they dispatch."""
 
     def __init__(
         self,
-        dispatcher: DispatcherLike,
         connection: sqlite3.Connection | None = None,
         *,
         outbox: OutboxStore | None = None,
     ) -> None:
-        try:
-            self._dispatch = dispatcher.dispatch
-        except AttributeError:
-            raise TypeError(
-                f"dispatcher must have a dispatch() method, not {type(dispatcher).__qualname__}"
-            ) from None
         self._outbox = outbox
         self._tx: Transaction | None
         if outbox is not None:
@@ -195,7 +204,7 @@ class UnitOfWork:
 
     def _misuse(self, what: str) -> RuntimeError:
         when = "before entering its with block" if self._state == _NEW else "after it finished"
-        return RuntimeError(f"UnitOfWork.{what}() called {when}")
+        return RuntimeError(f"{type(self).__name__}.{what}() called {when}")
 
     def _collect(self) -> list[Any]:
         """Take the pending events of every source, in source order."""
@@ -207,31 +216,25 @@ class UnitOfWork:
             events.extend(source.pull_events())
         return events
 
-    # -- the with block ----------------------------------------------------------------------
+    # -- the block ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
+    def _open(self) -> None:
         if self._state != _NEW:
-            raise RuntimeError("a UnitOfWork is used for one with block only; create a new one")
+            raise RuntimeError(
+                f"a {type(self).__name__} is used for one with block only; create a new one"
+            )
         if self._tx is not None:
             if self._tx.in_transaction:
                 raise RuntimeError(
                     "the connection already has an open transaction: commit or roll it back "
-                    "before entering the UnitOfWork"
+                    f"before entering the {type(self).__name__}"
                 )
             self._tx.begin()
         self._state = _OPEN
         self._accepting = True
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            self._abandon()
-            return
+    def _commit(self) -> _Round:
+        """Collect the events, store them in the outbox (if any), commit: the first round."""
         batch: Batch | None = None
         try:
             events = self._collect()
@@ -244,63 +247,50 @@ class UnitOfWork:
             self._abandon()
             raise
         self._state = _DISPATCHING
-        try:
-            if events:
-                self._dispatch_rounds(events, batch)
-        finally:
-            self._state = _CLOSED
-            self._accepting = False
+        return _Round(events, batch)
 
     def _abandon(self) -> None:
         """Roll back and discard every pending event."""
-        self._state = _CLOSED
-        self._accepting = False
+        self._close()
         try:
             if self._tx is not None:
                 self._tx.rollback()
         finally:
             self._collect()
 
+    def _close(self) -> None:
+        self._state = _CLOSED
+        self._accepting = False
+
     # -- after the commit ------------------------------------------------------------------
 
-    def _dispatch_rounds(self, events: list[Any], batch: Batch | None) -> None:
-        """Dispatch committed events, then those handlers record, round after round (FIFO)."""
-        dispatch = self._dispatch
-        outbox = self._outbox
-        while events:
-            queued: list[Any] = []
-            payloads: list[bytes] = []
-            for index, event in enumerate(events):
-                try:
-                    dispatch(event)
-                    new = self._collect()
-                    if outbox is not None and new:
-                        payloads.extend(outbox.encode(e) for e in new)
-                except BaseException as exc:
-                    self._collect()  # what the failing handler recorded goes with its writes
-                    self._fail(exc, events, index, queued, payloads, batch)
-                    raise
-                queued.extend(new)
-            batch = self._finish_round(batch, payloads, bool(queued))
-            events = queued
+    def _follow_ups(self, round_: _Round) -> None:
+        """Queue what the handlers of the event just dispatched recorded (encoded, if stored)."""
+        new = self._collect()
+        if new:
+            if self._outbox is not None:
+                round_.payloads.extend(self._outbox.encode(event) for event in new)
+            round_.queued.extend(new)
 
-    def _finish_round(self, batch: Batch | None, payloads: list[bytes], more: bool) -> Batch | None:
-        """Record the round as delivered and store the next one; returns the next batch."""
-        tx, outbox = self._tx, self._outbox
+    def _next_round(self, round_: _Round) -> _Round | None:
+        """Record the round as delivered and store the next one; None when nothing is left."""
+        tx, outbox, batch = self._tx, self._outbox, round_.batch
+        following = _Round(round_.queued, None) if round_.queued else None
         if tx is None:
-            return None
+            return following
         if outbox is None or batch is None:
             if tx.in_transaction:  # writes the handlers made through the connection
                 tx.commit()
-            return None
-        if not more and not tx.in_transaction:
+            return following
+        if following is None and not tx.in_transaction:
             outbox.hold(batch)  # marked delivered by the next commit on this outbox
             return None
         if not tx.in_transaction:
             tx.begin()
         try:
             outbox.settle(batch, delivered=batch.ids)
-            next_batch = outbox.append(payloads) if payloads else None
+            if following is not None:
+                following.batch = outbox.append(round_.payloads)
             tx.commit()
         except BaseException as exc:
             tx.rollback()
@@ -310,21 +300,14 @@ class UnitOfWork:
                 "out, then relay() delivers them again"
             )
             raise
-        return next_batch
+        return following
 
-    def _fail(
-        self,
-        exc: BaseException,
-        events: Sequence[Any],
-        index: int,
-        queued: list[Any],
-        payloads: list[bytes],
-        batch: Batch | None,
-    ) -> None:
-        """Put the store in order after a handler raised while dispatching `events[index]`."""
-        tx, outbox = self._tx, self._outbox
+    def _fail(self, exc: BaseException, round_: _Round, index: int) -> None:
+        """Put the store in order after a handler raised while dispatching event `index`."""
+        self._collect()  # what the failing handler recorded goes with its writes
+        tx, outbox, batch, events = self._tx, self._outbox, round_.batch, round_.events
         if outbox is None or batch is None:
-            left = len(events) - index - 1 + len(queued)
+            left = len(events) - index - 1 + len(round_.queued)
             if tx is not None and tx.in_transaction:
                 tx.rollback()
                 exc.add_note("domainbus: the handlers' uncommitted writes were rolled back")
@@ -333,7 +316,7 @@ class UnitOfWork:
                 "dispatched (use an outbox to have them delivered later)"
             )
             return
-        delivered = index
+        delivered, payloads = index, round_.payloads
         if tx is not None and tx.in_transaction:
             # The handlers wrote through the connection: this round's writes are undone
             # together, so the whole round goes back to the outbox.
@@ -359,6 +342,120 @@ class UnitOfWork:
             f"{len(events) - delivered - 1} other event(s) of this round stay in the outbox "
             "for relay()"
         )
+
+
+class UnitOfWork(_UnitOfWorkBase):
+    """A transaction plus the domain events it causes; used once, as a `with` block.
+
+    `dispatcher`: a `Dispatcher` of either backend (anything with `dispatch(event)`).
+    `connection`: the user's `sqlite3.Connection`; the unit of work begins, commits and rolls
+    back its transaction. `outbox`: an outbox store (e.g. `SqliteOutbox`) on that same
+    connection; the events are then stored with the user's writes and delivered at least once.
+    With neither, there is no transaction and the events are dispatched on a clean exit.
+
+    A failure while dispatching (after the commit) propagates with a note saying what was
+    committed and what became of the remaining events.
+    """
+
+    def __init__(
+        self,
+        dispatcher: DispatcherLike,
+        connection: sqlite3.Connection | None = None,
+        *,
+        outbox: OutboxStore | None = None,
+    ) -> None:
+        try:
+            self._dispatch = dispatcher.dispatch
+        except AttributeError:
+            raise TypeError(
+                f"dispatcher must have a dispatch() method, not {type(dispatcher).__qualname__}"
+            ) from None
+        super().__init__(connection, outbox=outbox)
+
+    def __enter__(self) -> Self:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._abandon()
+            return
+        round_: _Round | None = self._commit()
+        dispatch = self._dispatch
+        try:
+            while round_ is not None and round_.events:
+                for index, event in enumerate(round_.events):
+                    try:
+                        dispatch(event)
+                        self._follow_ups(round_)
+                    except BaseException as failure:
+                        self._fail(failure, round_, index)
+                        raise
+                round_ = self._next_round(round_)
+        finally:
+            self._close()
+
+
+class AsyncUnitOfWork(_UnitOfWorkBase):
+    """`UnitOfWork` as an `async with` block: the events are dispatched with `dispatch_async`.
+
+    Handlers may be coroutine functions (each is awaited before the next, as `dispatch_async`
+    does). The database work (sqlite3) stays synchronous: it runs on the event loop's thread.
+    `concurrent=True` runs the handlers of one event together (`dispatch_async(concurrent=True)`).
+    """
+
+    def __init__(
+        self,
+        dispatcher: AsyncDispatcherLike,
+        connection: sqlite3.Connection | None = None,
+        *,
+        outbox: OutboxStore | None = None,
+        concurrent: bool = False,
+    ) -> None:
+        try:
+            self._dispatch_async = dispatcher.dispatch_async
+        except AttributeError:
+            raise TypeError(
+                "dispatcher must have a dispatch_async() method, "
+                f"not {type(dispatcher).__qualname__}"
+            ) from None
+        if not isinstance(concurrent, bool):
+            raise TypeError(f"concurrent must be a bool, not {type(concurrent).__qualname__}")
+        self._concurrent = concurrent
+        super().__init__(connection, outbox=outbox)
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._abandon()
+            return
+        round_: _Round | None = self._commit()
+        dispatch_async, concurrent = self._dispatch_async, self._concurrent
+        try:
+            while round_ is not None and round_.events:
+                for index, event in enumerate(round_.events):
+                    try:
+                        await dispatch_async(event, concurrent=concurrent)
+                        self._follow_ups(round_)
+                    except BaseException as failure:
+                        self._fail(failure, round_, index)
+                        raise
+                round_ = self._next_round(round_)
+        finally:
+            self._close()
 
 
 def describe_error(exc: BaseException) -> str:
