@@ -86,6 +86,13 @@ TARGETS = (
         True,
     ),
     Target("UserRegistered() / uuid.uuid4()", "build:event", "build:uuid4", 0.25, True),
+    Target(
+        "rust dispatch_batch_async / hand-written await loop",
+        "async:rust",
+        "async:hand-loop",
+        1.3,
+        True,
+    ),
 )
 
 
