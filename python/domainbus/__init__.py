@@ -1,7 +1,7 @@
 """domainbus: domain events with a Rust hot path and a pure-Python reference twin.
 
-`Dispatcher` is `domainbus.rust.Dispatcher` when the extension imports, else
-`domainbus.pure.Dispatcher`; set `DOMAINBUS_BACKEND=pure` (or `rust`) to choose.
+`Dispatcher` and `BatchQueue` are the `domainbus.rust` classes when the extension imports,
+else the `domainbus.pure` ones; set `DOMAINBUS_BACKEND=pure` (or `rust`) to choose.
 `BACKEND` says which one is in use.
 """
 
@@ -16,6 +16,7 @@ from domainbus.events import DomainEvent
 
 __all__ = [
     "BACKEND",
+    "BatchQueue",
     "DecodeError",
     "Dispatcher",
     "DomainEvent",
@@ -45,6 +46,6 @@ def _choose_backend() -> Literal["rust", "pure"]:
 BACKEND: Literal["rust", "pure"] = _choose_backend()
 
 if BACKEND == "rust":
-    from domainbus.rust import Dispatcher
+    from domainbus.rust import BatchQueue, Dispatcher
 else:
-    from domainbus.pure import Dispatcher  # type: ignore[assignment]
+    from domainbus.pure import BatchQueue, Dispatcher  # type: ignore[assignment]
