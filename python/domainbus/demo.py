@@ -32,7 +32,7 @@ __all__ = [
 # DomainEvent subclass because of domainbus.events._EventMeta; the classes are fine at runtime.
 
 
-class UserRegistered(DomainEvent):  # type: ignore[misc,metaclass]
+class UserRegistered(DomainEvent):
     """A user signed up (the article's event)."""
 
     user_id: str
@@ -40,29 +40,29 @@ class UserRegistered(DomainEvent):  # type: ignore[misc,metaclass]
     email: str
 
 
-class UserEmailChanged(DomainEvent):  # type: ignore[misc,metaclass]
+class UserEmailChanged(DomainEvent):
     user_id: str
     new_email: str
 
 
-class UserDeactivated(DomainEvent):  # type: ignore[misc,metaclass]
+class UserDeactivated(DomainEvent):
     user_id: str
     reason: str = "requested"
 
 
-class OrderPlaced(DomainEvent):  # type: ignore[misc,metaclass]
+class OrderPlaced(DomainEvent):
     order_id: str
     user_id: str
     total_cents: int
     currency: str = "EUR"
 
 
-class PaymentReceived(DomainEvent):  # type: ignore[misc,metaclass]
+class PaymentReceived(DomainEvent):
     order_id: str
     amount_cents: int
 
 
-class OrderShipped(DomainEvent):  # type: ignore[misc,metaclass]
+class OrderShipped(DomainEvent):
     order_id: str
     carrier: str
 
