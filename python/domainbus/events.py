@@ -18,9 +18,7 @@ from domainbus._ids import new_event_id, utc_now
 __all__ = ["DomainEvent"]
 
 
-@dataclass_transform(
-    frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,)
-)
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
 class _EventMeta(msgspec.StructMeta):
     """Makes subclasses keyword-only too (msgspec's `kw_only` covers a class's own fields).
 
