@@ -161,7 +161,9 @@ def notes(report_rows: Sequence[Row]) -> list[str]:
         if list(systems) == every_system:
             lines.append(f"{verb}: workload {', '.join(workloads)}: {reason}")
             continue
-        where = "every workload" if list(workloads) == every_workload else ", ".join(workloads)
+        where = ", ".join(workloads)
+        if list(workloads) == every_workload and len(every_workload) > 1:
+            where = "every workload"
         lines.append(f"{verb}: {', '.join(systems)} on {where}: {reason}")
     return lines
 

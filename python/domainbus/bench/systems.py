@@ -158,6 +158,11 @@ def _floor(wiring: Wiring) -> Iterator[Bus]:
             handler(event)
 
     async def publish_many_async(events: Sequence[Any]) -> None:
+        if len(handlers) == 1:  # the loop a user would write for one handler
+            (handler,) = handlers
+            for event in events:
+                await handler(event)
+            return
         for event in events:
             for handler in handlers:
                 await handler(event)
@@ -197,14 +202,21 @@ def _blinker(wiring: Wiring) -> Iterator[Bus]:
     yield Bus(publish=publish, publish_many=publish_many, publish_many_async=publish_many_async)
 
 
+PYEE_ASYNC_CHUNK = 1_000  # events emitted before waiting for the tasks pyee has started
+
+
 @contextlib.contextmanager
 def _pyee(wiring: Wiring) -> Iterator[Bus]:
-    """A `pyee.EventEmitter` with the event class name as the event name."""
+    """A `pyee.EventEmitter` with the event class name as the event name; for async handlers an
+    `AsyncIOEventEmitter`, which starts each call as a task: the bus emits a chunk of events,
+    then waits for their tasks (`wait_for_complete`), so memory stays bounded."""
     import pyee
+    from pyee.asyncio import AsyncIOEventEmitter
 
-    emitter = pyee.EventEmitter()
+    emitter, async_emitter = pyee.EventEmitter(), AsyncIOEventEmitter()
     for event_type, handler in wiring.routes:
         emitter.add_listener(event_type.__name__, handler)
+        async_emitter.add_listener(event_type.__name__, handler)
     emit = emitter.emit
 
     def publish(event: Any) -> None:
@@ -214,8 +226,16 @@ def _pyee(wiring: Wiring) -> Iterator[Bus]:
         for event in events:
             emit(type(event).__name__, event)
 
-    yield Bus(publish=publish, publish_many=publish_many)
+    async def publish_many_async(events: Sequence[Any]) -> None:
+        emit_async = async_emitter.emit
+        for start in range(0, len(events), PYEE_ASYNC_CHUNK):
+            for event in events[start : start + PYEE_ASYNC_CHUNK]:
+                emit_async(type(event).__name__, event)
+            await async_emitter.wait_for_complete()
+
+    yield Bus(publish=publish, publish_many=publish_many, publish_many_async=publish_many_async)
     emitter.remove_all_listeners()
+    async_emitter.remove_all_listeners()
 
 
 @contextlib.contextmanager
