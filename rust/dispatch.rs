@@ -18,12 +18,31 @@ use crate::errors::{self, Policy};
 use crate::nested::{self, FrameGuard};
 use crate::registry::{Registration, Resolved, Snapshot};
 
-/// Where one `run` is in the registry: the snapshot it uses and the last type it resolved.
+/// Slots of the direct-mapped table of types one `run` remembers (a power of two). A batch of
+/// mixed types then costs one pointer comparison per event, not a hash lookup in the shared
+/// cache.
+const LOCAL_SLOTS: usize = 64;
+
+type Seen<'py> = (Bound<'py, PyType>, Resolved);
+/// Where one `run` is in the registry: the snapshot it uses and the types it has resolved
+/// (holding each type, so its address cannot be reused while remembered).
 struct Cursor<'py> {
     version: u64,
     snapshot: Option<Arc<Snapshot>>,
-    last_type: Option<Bound<'py, PyType>>,
-    last_regs: Resolved,
+    /// The first type seen: all a single `dispatch` or a homogeneous batch needs.
+    first: Option<Seen<'py>>,
+    /// Allocated once a second type shows up.
+    table: Option<Box<[Option<Seen<'py>>]>>,
+}
+
+fn slot_of(event_type: &Bound<'_, PyType>) -> usize {
+    // type objects are at least 16-byte aligned; mix in higher bits for spread
+    let address = event_type.as_ptr() as usize;
+    ((address >> 4) ^ (address >> 10)) & (LOCAL_SLOTS - 1)
+}
+
+fn seen_is(seen: &Option<Seen<'_>>, event_type: &Bound<'_, PyType>) -> bool {
+    matches!(seen, Some((t, _)) if t.is(event_type))
 }
 
 impl<'py> Cursor<'py> {
@@ -31,9 +50,17 @@ impl<'py> Cursor<'py> {
         Self {
             version: u64::MAX,
             snapshot: None,
-            last_type: None,
-            last_regs: Arc::new([]),
+            first: None,
+            table: None,
         }
+    }
+
+    fn resolve_in_snapshot(&self, event_type: &Bound<'py, PyType>) -> PyResult<Seen<'py>> {
+        let regs = match &self.snapshot {
+            Some(snapshot) => snapshot.resolve(event_type)?,
+            None => Arc::new([]),
+        };
+        Ok((event_type.clone(), regs))
     }
 
     /// The resolved registrations for `event_type` under the newest registry (rule 4: a
@@ -47,15 +74,35 @@ impl<'py> Cursor<'py> {
         if version != self.version || self.snapshot.is_none() {
             self.snapshot = Some(owner.state.load_full());
             self.version = version;
-            self.last_type = None;
+            self.first = None;
+            self.table = None;
         }
-        if !self.last_type.as_ref().is_some_and(|t| t.is(event_type)) {
-            if let Some(snapshot) = &self.snapshot {
-                self.last_regs = snapshot.resolve(event_type)?;
+        if self.first.is_none() {
+            self.first = Some(self.resolve_in_snapshot(event_type)?);
+        }
+        if !seen_is(&self.first, event_type) {
+            let slot = slot_of(event_type);
+            if !self
+                .table
+                .as_ref()
+                .is_some_and(|t| seen_is(&t[slot], event_type))
+            {
+                let seen = self.resolve_in_snapshot(event_type)?;
+                let table = self
+                    .table
+                    .get_or_insert_with(|| (0..LOCAL_SLOTS).map(|_| None).collect());
+                table[slot] = Some(seen);
             }
-            self.last_type = Some(event_type.clone());
+            if let Some(Some((_, regs))) = self.table.as_ref().map(|t| &t[slot]) {
+                return Ok(regs);
+            }
         }
-        Ok(&self.last_regs)
+        match &self.first {
+            Some((_, regs)) => Ok(regs),
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "type cache lost its entry",
+            )),
+        }
     }
 }
 
