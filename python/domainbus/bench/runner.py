@@ -4,7 +4,8 @@ For each workload every runnable system is first run once with counting handlers
 whose calls differ from the expected ones is reported as failed and not timed. The others are
 wired with no-op handlers, warmed up once, then timed round by round, each round running every
 system once in turn, so that noise on a shared machine falls on all of them alike. The garbage
-collector is paused during a timed run, as `timeit` does.
+collector is paused during a timed run, as `timeit` does, and the workload's events are frozen
+out of its collections (`gc.freeze`) while the workload runs.
 """
 
 from __future__ import annotations
@@ -82,7 +83,6 @@ def check(workload: Workload, system: System, events: Sequence[Any]) -> str | No
 def time_run(run: Run) -> int:
     """Nanoseconds one call of `run` takes, with the garbage collector paused."""
     was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         start = time.perf_counter_ns()
@@ -133,18 +133,21 @@ class _Steps:
         self.done += steps
 
 
+def _not_timed(
+    workload: Workload, system: System, reason: str, status: Status = "skipped"
+) -> Outcome:
+    return Outcome(workload=workload.name, system=system.name, status=status, reason=reason)
+
+
 def _measure_workload(
     workload: Workload, systems: Sequence[System], count: int, rounds: int, progress: _Steps
 ) -> list[Outcome]:
-    def skipped(system: System, reason: str, status: Status = "skipped") -> Outcome:
-        return Outcome(workload=workload.name, system=system.name, status=status, reason=reason)
-
     outcomes: dict[str, Outcome] = {}
     runnable: list[System] = []
     for system in systems:
         reason = skip_reason(workload, system)
         if reason is not None:
-            outcomes[system.name] = skipped(system, reason)
+            outcomes[system.name] = _not_timed(workload, system, reason)
         else:
             runnable.append(system)
     if not runnable:
@@ -152,20 +155,47 @@ def _measure_workload(
 
     progress(f"{workload.name}: building {count:,} events", 0)
     events = workload.build_events(count)
+    with _frozen_heap():
+        _run_systems(workload, runnable, events, rounds, progress, outcomes)
+    return [outcomes[system.name] for system in systems]
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Collect once, then keep the objects alive now (the events) out of later collections,
+    so that no collection in the runs has to walk a heap of events."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _run_systems(
+    workload: Workload,
+    runnable: Sequence[System],
+    events: Sequence[Any],
+    rounds: int,
+    progress: _Steps,
+    outcomes: dict[str, Outcome],
+) -> None:
+    """Check each system, then time the ones that passed; record every outcome."""
+    count = len(events)
     timed: list[System] = []
     for system in runnable:
         progress(f"{workload.name}: checking {system.name}")
         try:
             failure = check(workload, system, events)
         except NotApplicable as exc:
-            outcomes[system.name] = skipped(system, str(exc))
+            outcomes[system.name] = _not_timed(workload, system, str(exc))
         except Exception as exc:  # a broken system is reported, and the others still run
-            outcomes[system.name] = skipped(system, f"raised {exc!r}", "failed")
+            outcomes[system.name] = _not_timed(workload, system, f"raised {exc!r}", "failed")
         else:
             if failure is None:
                 timed.append(system)
                 continue
-            outcomes[system.name] = skipped(system, failure, "failed")
+            outcomes[system.name] = _not_timed(workload, system, failure, "failed")
         progress.done += rounds  # the rounds of a system that is not timed
 
     with contextlib.ExitStack() as stack:
@@ -188,4 +218,3 @@ def _measure_workload(
             events=count,
             round_ns=per_round[system.name],
         )
-    return [outcomes[system.name] for system in systems]
