@@ -10,6 +10,7 @@ machine is shared and absolute times drift).
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,13 @@ def bench_events(request: pytest.FixtureRequest) -> int:
 
 @functools.lru_cache(maxsize=2)  # tests are ordered by workload; keep memory bounded
 def _events(name: str, count: int) -> list[Any]:
+    """The events, built once and frozen out of the garbage collector (`gc.freeze`), so that a
+    collection during a benchmark does not walk hundreds of thousands of events."""
     workload = next(w for w in WORKLOADS if w.name == name)
-    return workload.build_events(count)
+    events = workload.build_events(count)
+    gc.collect()
+    gc.freeze()
+    return events
 
 
 @pytest.fixture(scope="session")
