@@ -66,12 +66,12 @@ def test_rust_and_python_clocks_agree() -> None:
     assert utc_now().tzinfo is UTC or utc_now().utcoffset() == timedelta(0)
 
 
-def test_events_are_frozen_and_keyword_only() -> None:
+def test_events_are_frozen_with_keyword_only_id_and_time() -> None:
     event = make_user()
     with pytest.raises(AttributeError):
         event.username = "bob"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        UserRegistered("u-1", "ada", "ada@example.com")  # type: ignore[misc]
+        UserRegistered("u-1", "ada", "ada@example.com", uuid.uuid4())  # type: ignore[call-arg]
 
 
 def test_mixed_events_round_trip_as_a_tagged_union() -> None:

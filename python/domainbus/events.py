@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, dataclass_transform
+from typing import dataclass_transform
 
 import msgspec
 
@@ -18,22 +18,9 @@ from domainbus._ids import new_event_id, utc_now
 __all__ = ["DomainEvent"]
 
 
-@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
-class _EventMeta(msgspec.StructMeta):
-    """Makes subclasses keyword-only too (msgspec's `kw_only` covers a class's own fields).
-
-    `dataclass_transform` tells type checkers what msgspec does at run time: subclasses of a
-    frozen struct are frozen, and (thanks to this metaclass) keyword-only.
-    """
-
-    def __new__(
-        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any
-    ) -> Any:
-        options.setdefault("kw_only", True)
-        return super().__new__(mcls, name, bases, namespace, **options)
-
-
-class DomainEvent(msgspec.Struct, metaclass=_EventMeta, frozen=True, kw_only=True, tag=True):
+# msgspec makes subclasses of a frozen Struct frozen; this tells type checkers so too.
+@dataclass_transform(frozen_default=True, field_specifiers=(msgspec.field,))
+class DomainEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Base class of domain events.
 
     Subclass it and declare fields the msgspec way::
@@ -43,8 +30,9 @@ class DomainEvent(msgspec.Struct, metaclass=_EventMeta, frozen=True, kw_only=Tru
             username: str
             email: str
 
-    Fields are keyword-only in subclasses too. `event_id` and `occurred_on` are filled in
-    when not given. Handlers registered for
+    `event_id` and `occurred_on` are keyword-only and filled in when not given. msgspec applies
+    `kw_only` per class: pass `kw_only=True` in a subclass to make its own fields keyword-only
+    too (a custom metaclass could force it, but it costs msgspec's fast construction path). Handlers registered for
     `DomainEvent` itself see every event that subclasses it.
     """
 
