@@ -490,11 +490,35 @@ def test_collect_mode_counts_each_failing_row(backend: ModuleType, outbox: Sqlit
     assert count(outbox, "SELECT sum(attempts) FROM domainbus_outbox") == 2
 
 
+def test_relay_async_awaits_coroutine_handlers(backend: ModuleType, outbox: SqliteOutbox) -> None:
+    store_free(outbox, [Registered(n=n) for n in range(25)])
+    dispatcher = backend.Dispatcher()
+    log: list[int] = []
+
+    async def handler(event: Registered) -> None:
+        await asyncio.sleep(0)
+        if event.n == 12 and 12 not in log:
+            log.append(event.n)
+            raise RuntimeError("once")
+        log.append(event.n)
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(RuntimeError, match="once") as info:
+        asyncio.run(outbox.relay_async(dispatcher, batch_size=10))
+    assert "which stays pending; 2 other event(s)" in "\n".join(info.value.__notes__)
+    assert outbox.pending() == 13
+    result = asyncio.run(outbox.relay_async(dispatcher, batch_size=10))
+    assert result == RelayResult(delivered=13)
+    assert log == [*range(13), *range(12, 25)]
+
+
 def test_relay_checks_its_arguments(backend: ModuleType, outbox: SqliteOutbox) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         outbox.relay(backend.Dispatcher(), batch_size=0)
     with pytest.raises(TypeError, match="dispatch_batch"):
         outbox.relay(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dispatch_batch_async"):
+        asyncio.run(outbox.relay_async(object()))  # type: ignore[arg-type]
 
 
 # -- idempotent handlers ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ once.
     # committed together; then delivered, and the rows deleted
 
     outbox.relay(dispatcher)                              # at start-up and whenever needed
+    await outbox.relay_async(dispatcher)                  # the same, for coroutine handlers
 
 Durability: `synchronous="NORMAL"` (the default) in WAL mode loses nothing on a process crash,
 but a power loss or OS crash can lose the last transactions (the user's writes and their
@@ -19,7 +20,7 @@ dead-letter table (`outbox.dead_letters()`, `outbox.requeue(ids)`), reported by 
 """
 
 from domainbus.outbox.idempotent import idempotent
-from domainbus.outbox.relay import relay
+from domainbus.outbox.relay import relay, relay_async
 from domainbus.outbox.schema import SYNCHRONOUS_LEVELS, Synchronous
 from domainbus.outbox.sqlite import SqliteOutbox
 from domainbus.outbox.store import (
@@ -43,4 +44,5 @@ __all__ = [
     "Synchronous",
     "idempotent",
     "relay",
+    "relay_async",
 ]

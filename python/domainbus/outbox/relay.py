@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from domainbus.uow import describe_error
@@ -28,14 +28,29 @@ from domainbus.uow import describe_error
 if TYPE_CHECKING:
     from domainbus.outbox.store import Batch, OutboxStore, RelayResult
 
-__all__ = ["BatchDispatcher", "relay"]
+__all__ = ["AsyncBatchDispatcher", "BatchDispatcher", "relay", "relay_async"]
 
 
 class BatchDispatcher(Protocol):
-    """What the relay dispatches with (a `Dispatcher` of either backend)."""
+    """What `relay` dispatches with (a `Dispatcher` of either backend)."""
 
     def dispatch(self, event: object) -> int: ...
     def dispatch_batch(self, events: Iterable[object]) -> int: ...
+
+
+class AsyncBatchDispatcher(Protocol):
+    """What `relay_async` dispatches with (a `Dispatcher` of either backend)."""
+
+    def dispatch_async(
+        self, event: object, *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]: ...
+    def dispatch_batch_async(
+        self, events: Iterable[object], *, concurrent: bool = False
+    ) -> Coroutine[Any, Any, int]: ...
+
+
+Failures = list[tuple[int, BaseException]]
+"""(index of the event being dispatched, or -1 if none, exception raised) pairs."""
 
 
 def relay(
@@ -51,44 +66,96 @@ def relay(
     process can be relaying). Returns the number of events delivered and the dead-lettered row
     ids; a handler's exception propagates after the store is settled (see the module doc).
     """
-    from domainbus.outbox.store import RelayResult
-
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, not {batch_size!r}")
-    if not callable(getattr(dispatcher, "dispatch_batch", None)):
-        raise TypeError(
-            f"dispatcher must have dispatch_batch(), not {type(dispatcher).__qualname__}"
-        )
-    if store.in_transaction:
-        raise RuntimeError("relay() needs the outbox's connection without an open transaction")
-    collect = getattr(dispatcher, "on_error", "raise") == "collect"
-    delivered = 0
-    dead_lettered: list[int] = []
-    claim = functools.partial(store.claim, batch_size, take_over=take_over)
-    (batch,) = _in_transaction(store, claim)
-    while batch is not None:
-        ids, events, dead = _decode(store, batch)
-        if collect:
-            dispatched, failures = _dispatch_each(dispatcher, events)
+    _check_dispatcher(dispatcher, "dispatch_batch")
+    run = _Relay(store, batch_size, take_over, _collects(dispatcher))
+    while (events := run.next_events()) is not None:
+        if run.collect:
+            run.settle(*_dispatch_each(dispatcher, events))
         else:
-            dispatched, failures = _dispatch_all(dispatcher, events)
+            run.settle(*_dispatch_all(dispatcher, events))
+    return run.result()
+
+
+async def relay_async(
+    store: OutboxStore,
+    dispatcher: AsyncBatchDispatcher,
+    *,
+    batch_size: int = 1000,
+    take_over: bool = False,
+    concurrent: bool = False,
+) -> RelayResult:
+    """`relay` with `dispatch_batch_async`, for handlers that are coroutine functions.
+
+    The database work stays synchronous (on the event loop's thread); `concurrent=True` runs
+    the handlers of one event together.
+    """
+    _check_dispatcher(dispatcher, "dispatch_batch_async")
+    run = _Relay(store, batch_size, take_over, _collects(dispatcher))
+    while (events := run.next_events()) is not None:
+        if run.collect:
+            run.settle(*await _dispatch_each_async(dispatcher, events, concurrent))
+        else:
+            run.settle(*await _dispatch_all_async(dispatcher, events, concurrent))
+    return run.result()
+
+
+def _check_dispatcher(dispatcher: object, method: str) -> None:
+    if not callable(getattr(dispatcher, method, None)):
+        raise TypeError(f"dispatcher must have {method}(), not {type(dispatcher).__qualname__}")
+
+
+def _collects(dispatcher: object) -> bool:
+    """Whether the dispatcher's policy is "collect" (then events are dispatched one by one)."""
+    return bool(getattr(dispatcher, "on_error", "raise") == "collect")
+
+
+class _Relay:
+    """The relay's bookkeeping, whatever dispatches: claim, decode, settle, count."""
+
+    def __init__(self, store: OutboxStore, batch_size: int, take_over: bool, collect: bool) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, not {batch_size!r}")
+        if store.in_transaction:
+            raise RuntimeError("relay needs the outbox's connection without an open transaction")
+        self.store = store
+        self.collect = collect
+        self.claim = functools.partial(store.claim, batch_size, take_over=take_over)
+        self.delivered = 0
+        self.dead_lettered: list[int] = []
+        self.batch: Batch | None = _in_transaction(store, self.claim)[0]
+        self.ids: list[int] = []
+        self.dead: list[tuple[int, str]] = []
+
+    def next_events(self) -> list[Any] | None:
+        """The decoded events of the claimed batch (bad rows set aside), or None when done."""
+        if self.batch is None:
+            return None
+        self.ids, events, self.dead = _decode(self.store, self.batch)
+        return events
+
+    def settle(self, dispatched: int, failures: Failures) -> None:
+        """Settle the batch after its dispatch; raise the failures, if any, once settled."""
+        store, batch = self.store, self.batch
+        assert batch is not None
         if failures:
-            dead_lettered += _settle_failures(store, batch, ids, dispatched, failures, dead)
+            self.dead_lettered += _settle_failures(
+                store, batch, self.ids, dispatched, failures, self.dead
+            )
             if len(failures) == 1:
                 raise failures[0][1]
             raise BaseExceptionGroup(
                 f"domainbus: {len(failures)} outbox event(s) failed", [exc for _, exc in failures]
             )
         # One transaction settles this batch (with the handlers' writes) and claims the next.
-        settle = functools.partial(store.settle, batch, delivered=ids, dead=dead)
-        moved, batch = _in_transaction(store, settle, claim)
-        dead_lettered += moved
-        delivered += len(ids)
-    return RelayResult(delivered, tuple(dead_lettered))
+        settle = functools.partial(store.settle, batch, delivered=self.ids, dead=self.dead)
+        moved, self.batch = _in_transaction(store, settle, self.claim)
+        self.dead_lettered += moved
+        self.delivered += len(self.ids)
 
+    def result(self) -> RelayResult:
+        from domainbus.outbox.store import RelayResult
 
-Failures = list[tuple[int, BaseException]]
-"""(index of the event being dispatched, or -1 if none, exception raised) pairs."""
+        return RelayResult(self.delivered, tuple(self.dead_lettered))
 
 
 def _decode(store: OutboxStore, batch: Batch) -> tuple[list[int], list[Any], list[tuple[int, str]]]:
@@ -131,6 +198,35 @@ def _dispatch_each(dispatcher: BatchDispatcher, events: list[Any]) -> tuple[int,
     for index, event in enumerate(events):
         try:
             dispatch(event)
+        except Exception as exc:
+            failures.append((index, exc))
+        except BaseException as exc:
+            failures.append((index, exc))
+            return index, failures
+    return len(events), failures
+
+
+async def _dispatch_all_async(
+    dispatcher: AsyncBatchDispatcher, events: list[Any], concurrent: bool
+) -> tuple[int, Failures]:
+    """`_dispatch_all` with one dispatch_batch_async call."""
+    iterator = iter(events)
+    try:
+        await dispatcher.dispatch_batch_async(iterator, concurrent=concurrent)
+    except BaseException as exc:
+        index = len(events) - operator.length_hint(iterator) - 1
+        return max(index, 0), [(index, exc)]
+    return len(events), []
+
+
+async def _dispatch_each_async(
+    dispatcher: AsyncBatchDispatcher, events: list[Any], concurrent: bool
+) -> tuple[int, Failures]:
+    """`_dispatch_each` with dispatch_async."""
+    failures: Failures = []
+    for index, event in enumerate(events):
+        try:
+            await dispatcher.dispatch_async(event, concurrent=concurrent)
         except Exception as exc:
             failures.append((index, exc))
         except BaseException as exc:

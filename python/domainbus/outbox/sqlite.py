@@ -24,8 +24,9 @@ from typing import Any, Self
 
 from domainbus.codec import EventCodec
 from domainbus.outbox import schema as sql
-from domainbus.outbox.relay import BatchDispatcher
+from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
 from domainbus.outbox.relay import relay as relay_batches
+from domainbus.outbox.relay import relay_async as relay_batches_async
 from domainbus.outbox.schema import Synchronous
 from domainbus.outbox.store import Batch, DeadLetter, RelayResult
 from domainbus.uow import SqliteTransaction
@@ -325,6 +326,19 @@ class SqliteOutbox:
         and whenever rows may be left over. See `domainbus.outbox.relay` for failures.
         """
         return relay_batches(self, dispatcher, batch_size=batch_size, take_over=take_over)
+
+    async def relay_async(
+        self,
+        dispatcher: AsyncBatchDispatcher,
+        batch_size: int = 1000,
+        *,
+        take_over: bool = False,
+        concurrent: bool = False,
+    ) -> RelayResult:
+        """`relay` with `dispatch_batch_async`, for coroutine handlers (see `relay_async`)."""
+        return await relay_batches_async(
+            self, dispatcher, batch_size=batch_size, take_over=take_over, concurrent=concurrent
+        )
 
     # -- idempotency -----------------------------------------------------------------------
 
