@@ -11,18 +11,25 @@ import os
 from typing import Literal
 
 from domainbus import pure as pure
+from domainbus.aggregate import AggregateRoot
 from domainbus.errors import DecodeError, DomainbusError, QueueClosed
 from domainbus.events import DomainEvent
+from domainbus.outbox import idempotent
+from domainbus.uow import AsyncUnitOfWork, UnitOfWork
 
 __all__ = [
     "BACKEND",
+    "AggregateRoot",
+    "AsyncUnitOfWork",
     "BatchQueue",
     "DecodeError",
     "Dispatcher",
     "DomainEvent",
     "DomainbusError",
     "QueueClosed",
+    "UnitOfWork",
     "__version__",
+    "idempotent",
 ]
 
 __version__ = "0.1.0"
