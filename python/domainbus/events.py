@@ -32,8 +32,8 @@ class DomainEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
     `event_id` and `occurred_on` are keyword-only and filled in when not given. msgspec applies
     `kw_only` per class: pass `kw_only=True` in a subclass to make its own fields keyword-only
-    too (a custom metaclass could force it, but it costs msgspec's fast construction path). Handlers registered for
-    `DomainEvent` itself see every event that subclasses it.
+    too (a custom metaclass could force it, but it costs msgspec's fast construction path).
+    Handlers registered for `DomainEvent` itself see every event that subclasses it.
     """
 
     event_id: uuid.UUID = msgspec.field(default_factory=new_event_id)
