@@ -39,7 +39,7 @@ struct Current {
     event: Py<PyAny>,
     event_type: Py<PyType>,
     index: Option<usize>,
-    next: usize, // position in `AsyncDispatch::regs`
+    next: usize, // position in the registrations of `AsyncDispatch::types[slot]`
 }
 
 enum Advance<'py> {
@@ -47,6 +47,9 @@ enum Advance<'py> {
     Pending,
     Finished,
 }
+
+/// Event types one async dispatch remembers before starting over.
+const REMEMBERED_TYPES: usize = 16;
 
 enum Input {
     Send(Py<PyAny>),
@@ -67,9 +70,10 @@ pub struct AsyncDispatch {
     config: Arc<Config>,
     version: u64,
     snapshot: Option<Arc<Snapshot>>,
-    /// The last event type resolved and its registrations (the current event's, if any).
-    last_type: Option<Py<PyType>>,
-    regs: Resolved,
+    /// Event types resolved under `snapshot` (held, so their addresses stay unique) and their
+    /// registrations; `slot` is the current event's.
+    types: Vec<(Py<PyType>, Resolved)>,
+    slot: usize,
     current: Option<Current>,
     awaiting: Option<Awaiting>,
     calls: u64,
@@ -147,8 +151,8 @@ impl AsyncDispatch {
             config,
             version: u64::MAX,
             snapshot: None,
-            last_type: None,
-            regs: Arc::new([]),
+            types: Vec::new(),
+            slot: 0,
             current: None,
             awaiting: None,
             calls: 0,
@@ -234,7 +238,8 @@ impl AsyncDispatch {
                 }
                 continue;
             };
-            let Some(reg) = self.regs.get(current.next) else {
+            let regs = self.types.get(self.slot).map(|(_, regs)| regs);
+            let Some(reg) = regs.and_then(|regs| regs.get(current.next)) else {
                 self.current = None;
                 continue;
             };
@@ -289,20 +294,35 @@ impl AsyncDispatch {
         if version != self.version || self.snapshot.is_none() {
             self.snapshot = Some(dispatcher.state.load_full());
             self.version = version;
-            self.last_type = None;
+            self.types.clear();
         }
         let event_type = event.get_type();
-        let same_type = self
-            .last_type
-            .as_ref()
-            .is_some_and(|t| t.bind(py).is(&event_type));
-        if !same_type {
-            if let Some(snapshot) = &self.snapshot {
-                self.regs = snapshot.resolve(&event_type)?;
+        let is_current = |types: &[(Py<PyType>, Resolved)], slot: usize| {
+            types
+                .get(slot)
+                .is_some_and(|(t, _)| t.as_ptr() == event_type.as_ptr())
+        };
+        if !is_current(&self.types, self.slot) {
+            match (0..self.types.len()).find(|&i| is_current(&self.types, i)) {
+                Some(slot) => self.slot = slot,
+                None => {
+                    let regs = match &self.snapshot {
+                        Some(snapshot) => snapshot.resolve(&event_type)?,
+                        None => Arc::new([]),
+                    };
+                    if self.types.len() == REMEMBERED_TYPES {
+                        self.types.clear();
+                    }
+                    self.types.push((event_type.clone().unbind(), regs));
+                    self.slot = self.types.len() - 1;
+                }
             }
-            self.last_type = Some(event_type.clone().unbind());
         }
-        if self.regs.is_empty() {
+        if self
+            .types
+            .get(self.slot)
+            .is_none_or(|(_, regs)| regs.is_empty())
+        {
             if let Some(hook) = &self.config.on_unhandled {
                 let result = hook.bind(py).call1((&event,))?;
                 if let Some(iter) = await_iter(&result)? {

@@ -8,6 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::Guard;
+
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -28,7 +30,7 @@ type Seen<'py> = (Bound<'py, PyType>, Resolved);
 /// (holding each type, so its address cannot be reused while remembered).
 struct Cursor<'py> {
     version: u64,
-    snapshot: Option<Arc<Snapshot>>,
+    snapshot: Option<Guard<Arc<Snapshot>>>,
     /// The first type seen: all a single `dispatch` or a homogeneous batch needs.
     first: Option<Seen<'py>>,
     /// Allocated once a second type shows up.
@@ -72,7 +74,7 @@ impl<'py> Cursor<'py> {
     ) -> PyResult<&Resolved> {
         let version = owner.version.load(Ordering::Acquire);
         if version != self.version || self.snapshot.is_none() {
-            self.snapshot = Some(owner.state.load_full());
+            self.snapshot = Some(owner.state.load());
             self.version = version;
             self.first = None;
             self.table = None;
@@ -160,7 +162,7 @@ impl Dispatcher {
             }
             return Ok(0);
         }
-        let config = self.config.load_full();
+        let config = self.config.load();
         let mut failures = matches!(config.on_error, Policy::Collect).then(Vec::new);
         let mut cursor = Cursor::new();
         let mut calls = 0u64;

@@ -234,7 +234,7 @@ impl Dispatcher {
                 on_error,
                 on_unhandled,
             }),
-            state: ArcSwap::from_pointee(Snapshot::new(Registry::new())),
+            state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
         })
@@ -356,7 +356,7 @@ impl Dispatcher {
 
     /// Remove every registration.
     fn clear(&self) -> PyResult<()> {
-        self.update(|snapshot| Ok((!snapshot.registry.is_empty()).then(Registry::new)))
+        self.update(|snapshot| Ok((!snapshot.registry.is_empty()).then(Registry::default)))
             .map(drop)
     }
 
@@ -451,7 +451,8 @@ impl Dispatcher {
 
     fn __clear__(&self) {
         self.config.store(Arc::new(Config::empty()));
-        self.state.store(Arc::new(Snapshot::new(Registry::new())));
+        self.state
+            .store(Arc::new(Snapshot::new(Registry::default())));
         self.version.fetch_add(1, Ordering::Release);
     }
 }

@@ -5,7 +5,6 @@
 //! loaded, so handlers may (un)register freely and no Rust lock is held across Python calls.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::PyTraverseError;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Resolved lists kept per snapshot; past this many event types the cache starts over.
 const CACHE_LIMIT: usize = 4096;
@@ -132,7 +132,7 @@ impl Snapshot {
         });
         self.cache.rcu(|cache| {
             let mut cache = if cache.len() >= CACHE_LIMIT {
-                HashMap::new()
+                HashMap::default()
             } else {
                 HashMap::clone(cache)
             };
