@@ -137,6 +137,8 @@ fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
 
 /// Rule 9: a coroutine returned to the synchronous loop is closed (no "never awaited"
 /// warning) and reported as the handler's TypeError.
+#[cold]
+#[inline(never)]
 fn reject_coroutine(handler: &Bound<'_, PyAny>, coroutine: &Bound<'_, PyAny>) -> PyErr {
     if let Err(err) = coroutine.call_method0("close") {
         return err;
@@ -260,6 +262,8 @@ impl Dispatcher {
         Ok(calls)
     }
 
+    #[cold]
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn handle_failure<'py>(
         &self,
@@ -290,6 +294,7 @@ impl Dispatcher {
     }
 
     /// Claim and unregister a `once` registration; false when someone else claimed it first.
+    #[inline(never)]
     pub(crate) fn consume(&self, py: Python<'_>, reg: &Arc<Registration>) -> PyResult<bool> {
         if !reg.claim() {
             return Ok(false);
