@@ -208,6 +208,7 @@ impl Dispatcher {
     }
 
     /// Call every handler of one event; returns the calls made.
+    #[inline(always)]
     fn dispatch_one<'py>(
         &self,
         cursor: &mut Cursor<'py>,

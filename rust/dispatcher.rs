@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
+use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError};
 
 use crate::async_plan::{async_driver, Planned};
@@ -380,6 +380,22 @@ impl Dispatcher {
 
     /// Dispatch each event of an iterable in order; returns the total handler calls.
     fn dispatch_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<u64> {
+        if let Ok(list) = events.cast_exact::<PyList>() {
+            // Index by index, re-reading the length each step like Python's own list iterator
+            // (a handler may append to the batch and see it dispatched), without PyIter_Next.
+            let mut index = 0;
+            let items = std::iter::from_fn(|| {
+                if index >= list.len() {
+                    return None;
+                }
+                // SAFETY: `index < len` was checked just above, with the GIL held and no Python
+                // code run in between; get_item_unchecked returns a new (owned) reference.
+                let item = unsafe { list.get_item_unchecked(index) };
+                index += 1;
+                Some(Ok(item))
+            });
+            return self.run(events.py(), items, true);
+        }
         let iterator = events
             .try_iter()
             .map_err(|_| match qualname_of_type(events) {

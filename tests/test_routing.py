@@ -186,3 +186,25 @@ def test_many_types_past_the_cache_limit(make_dispatcher: Any) -> None:
     classes = [type(f"Dyn{i}", (Base,), {}) for i in range(5000)]
     assert d.dispatch_batch(cls() for cls in classes) == 5000
     assert d.dispatch(classes[0]()) == 1
+
+
+def test_batch_list_grown_by_a_handler_is_dispatched_to_the_end(make_dispatcher: Any) -> None:
+    d = make_dispatcher()
+    batch: list[Any] = [Base()]
+    seen: list[Any] = []
+
+    def grow(event: Any) -> None:
+        seen.append(event)
+        if len(batch) < 3:
+            batch.append(Child())
+
+    d.register_handler(Base, grow)
+    assert d.dispatch_batch(batch) == 3  # like Python's list iterator, it sees the appends
+    assert seen == batch
+
+
+def test_batch_list_shrunk_by_a_handler_stops_early(make_dispatcher: Any) -> None:
+    d = make_dispatcher()
+    batch: list[Any] = [Base(), Base(), Base()]
+    d.register_handler(Base, lambda e: batch.clear())
+    assert d.dispatch_batch(batch) == 1
