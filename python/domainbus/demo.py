@@ -152,11 +152,11 @@ def article_dispatcher(out: Callable[[str], object] = print) -> Any:
         out(f"  send_welcome_email: welcome mail to {event.email}")
 
     @dispatcher.handler(UserRegistered)
-    def create_user_profile(event: UserRegistered) -> None:
-        out(f"  create_user_profile: empty profile for {event.username} ({event.user_id})")
+    def log_user_activity(event: UserRegistered) -> None:
+        out(f"  log_user_activity: registration of {event.username} ({event.user_id})")
 
     @dispatcher.handler(UserRegistered)
-    def notify_admins(event: UserRegistered) -> None:
-        out(f"  notify_admins: new sign-up {event.username}")
+    def update_user_statistics(event: UserRegistered) -> None:
+        out(f"  update_user_statistics: one more user ({event.username})")
 
     return dispatcher
