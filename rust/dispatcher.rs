@@ -8,7 +8,9 @@ use arc_swap::ArcSwap;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{
+    IntoPyDict, PyBool, PyDict, PyInt, PyIterator, PyList, PyString, PyTuple, PyType,
+};
 use pyo3::{intern, PyTraverseError};
 
 use crate::async_plan::{async_driver, Planned};
@@ -144,6 +146,21 @@ fn check_event_type<'a, 'py>(
             qualname_of_type(event_type)?
         ))),
     }
+}
+
+/// `iter(events)`, or the TypeError a batch method raises for something that is not iterable.
+fn iterate_batch<'py>(
+    method: &str,
+    events: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyIterator>> {
+    events
+        .try_iter()
+        .map_err(|_| match qualname_of_type(events) {
+            Ok(name) => PyTypeError::new_err(format!(
+                "{method}() needs an iterable of events, not {name}"
+            )),
+            Err(err) => err,
+        })
 }
 
 impl Dispatcher {
@@ -396,15 +413,7 @@ impl Dispatcher {
             });
             return self.run(events.py(), items, true);
         }
-        let iterator = events
-            .try_iter()
-            .map_err(|_| match qualname_of_type(events) {
-                Ok(name) => PyTypeError::new_err(format!(
-                    "dispatch_batch() needs an iterable of events, not {name}"
-                )),
-                Err(err) => err,
-            })?;
-        self.run(events.py(), iterator, true)
+        self.run(events.py(), iterate_batch("dispatch_batch", events)?, true)
     }
 
     /// Awaitable `dispatch`: awaitable handler results are awaited (see `domainbus._async`).
@@ -432,14 +441,7 @@ impl Dispatcher {
         if concurrent || slf.get().nested == Nested::Queue {
             return async_driver(slf, events.clone(), true, concurrent);
         }
-        let iterator = events
-            .try_iter()
-            .map_err(|_| match qualname_of_type(events) {
-                Ok(name) => PyTypeError::new_err(format!(
-                    "dispatch_batch_async() needs an iterable of events, not {name}"
-                )),
-                Err(err) => err,
-            });
+        let iterator = iterate_batch("dispatch_batch_async", events);
         let dispatch = AsyncDispatch::new(slf, iterator, true);
         Ok(Bound::new(slf.py(), dispatch)?.into_any())
     }
