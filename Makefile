@@ -16,6 +16,7 @@ lint:            ## cargo fmt/clippy, ruff, mypy
 	ruff check python tests benches examples
 	ruff format --check python tests benches examples
 	mypy
+	python3 -m mypy.stubtest domainbus._core
 
 format:          ## format Rust and Python sources
 	cargo fmt

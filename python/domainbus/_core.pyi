@@ -6,28 +6,43 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, final
 
-H = TypeVar("H", bound=Callable[..., Any])
-ErrorCallback = Callable[[Exception, Any, Callable[..., Any]], object]
+from typing_extensions import disjoint_base
 
+_H = TypeVar("_H", bound=Callable[..., Any])
+_ErrorCallback = Callable[[Exception, Any, Callable[..., Any]], object]
+
+__all__ = [
+    "AsyncDispatch",
+    "BatchQueue",
+    "Dispatcher",
+    "HandlerDecorator",
+    "Planned",
+    "__version__",
+    "_after_fork",
+    "new_event_id",
+    "utc_now",
+]
 __version__: str
 
 def new_event_id() -> uuid.UUID: ...
 def utc_now() -> datetime: ...
 def _after_fork() -> None: ...
 
+@final
 class HandlerDecorator:
-    def __call__(self, handler: H) -> H: ...
+    def __call__(self, handler: _H) -> _H: ...
 
+@disjoint_base
 class Dispatcher:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
-        on_error: Literal["raise", "collect"] | ErrorCallback = "raise",
+        on_error: Literal["raise", "collect"] | _ErrorCallback = "raise",
         on_unhandled: Callable[[Any], object] | None = None,
         nested: Literal["immediate", "queue"] = "immediate",
-    ) -> None: ...
+    ) -> Self: ...
     @property
-    def on_error(self) -> Literal["raise", "collect"] | ErrorCallback: ...
+    def on_error(self) -> Literal["raise", "collect"] | _ErrorCallback: ...
     @property
     def on_unhandled(self) -> Callable[[Any], object] | None: ...
     @property
@@ -35,15 +50,15 @@ class Dispatcher:
     def register_handler(
         self,
         event_type: type,
-        handler: H,
+        handler: _H,
         *,
         priority: int = 0,
         once: bool = False,
         weak: bool = False,
-    ) -> H: ...
+    ) -> _H: ...
     def handler(
         self, event_type: type, *, priority: int = 0, once: bool = False, weak: bool = False
-    ) -> Callable[[H], H]: ...
+    ) -> Callable[[_H], _H]: ...
     def unregister_handler(self, event_type: type, handler: Callable[..., Any]) -> bool: ...
     def handlers_for(self, event_type: type) -> tuple[Callable[..., Any], ...]: ...
     def clear(self) -> None: ...
@@ -58,14 +73,16 @@ class Dispatcher:
     def _plan(self, event_type: type) -> tuple[Planned, ...]: ...
     def _take(self, planned: Planned) -> Callable[..., Any] | None: ...
 
+@final
 class AsyncDispatch(Coroutine[Any, Any, int]):
     """The coroutine `dispatch_async` returns on the fast path (sequential, immediate)."""
 
     def __await__(self) -> Generator[Any, None, int]: ...
-    def send(self, value: Any, /) -> Any: ...
-    def throw(self, exc: Any, value: Any = ..., traceback: Any = ..., /) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, exc: Any, value: Any = ..., traceback: Any = ...) -> Any: ...
     def close(self) -> None: ...
 
+@final
 class Planned:
     """One registration of a dispatch plan (opaque)."""
 
@@ -73,9 +90,7 @@ class Planned:
 class BatchQueue:
     """See `domainbus.pure.queue` for the contract."""
 
-    def __init__(
-        self, dispatcher: Any, *, capacity: int = 65536, batch_size: int = 1024
-    ) -> None: ...
+    def __new__(cls, dispatcher: Any, *, capacity: int = 65536, batch_size: int = 1024) -> Self: ...
     @property
     def capacity(self) -> int: ...
     @property
