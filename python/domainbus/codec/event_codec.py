@@ -228,24 +228,20 @@ class EventCodec:
 
     def decode_msgpack_record(self, data: bytes | msgspec.Raw) -> DomainEvent:
         """One msgpack record: the fast typed decode, else upcasting; or InvalidRecord."""
-        try:
-            return self._msgpack_decoder.decode(data)
-        except msgspec.MsgspecError as exc:
-            typed_error = exc
-        try:
-            mapping = self._msgpack_raw_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise malformed(exc) from None
-        return self._versions.resolve(mapping, typed_error)
+        return self._decode_record(self._msgpack_decoder, self._msgpack_raw_decoder, data)
 
     def decode_json_record(self, data: bytes | str) -> DomainEvent:
         """One JSON record: the fast typed decode, else upcasting; or InvalidRecord."""
+        return self._decode_record(self._json_decoder, self._json_raw_decoder, data)
+
+    def _decode_record(self, typed: Any, raw: Any, data: Any) -> DomainEvent:
         try:
-            return self._json_decoder.decode(data)
+            event: DomainEvent = typed.decode(data)
+            return event
         except msgspec.MsgspecError as exc:
             typed_error = exc
         try:
-            mapping = self._json_raw_decoder.decode(data)
+            mapping = raw.decode(data)
         except msgspec.DecodeError as exc:
             raise malformed(exc) from None
         return self._versions.resolve(mapping, typed_error)
