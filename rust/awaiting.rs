@@ -84,13 +84,24 @@ pub struct AsyncDispatch {
     done: bool,
 }
 
-/// The iterator `await` would drive for `value`, or None when it is not awaitable.
+/// The iterator `await` would drive for `value`, or None when it is not awaitable: what
+/// `inspect.isawaitable` (the general path's test) accepts.
 fn await_iter<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
     // SAFETY: `value` is a live object; PyCoro_CheckExact only reads its type pointer.
     if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } != 0 {
         return Ok(Some(value.clone()));
     }
     let py = value.py();
+    // SAFETY: as above, PyGen_CheckExact only reads the type pointer.
+    if unsafe { ffi::PyGen_CheckExact(value.as_ptr()) } != 0 {
+        // a generator-based coroutine (`@types.coroutine`) is awaitable, a plain generator not
+        let flags: i32 = value
+            .getattr(intern!(py, "gi_code"))?
+            .getattr(intern!(py, "co_flags"))?
+            .extract()?;
+        let iterable_coroutine = flags & ffi::CO_ITERABLE_COROUTINE != 0;
+        return Ok(iterable_coroutine.then(|| value.clone()));
+    }
     if value.get_type().hasattr(intern!(py, "__await__"))? {
         return value.call_method0(intern!(py, "__await__")).map(Some);
     }

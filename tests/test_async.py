@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import types
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -322,3 +323,24 @@ def test_a_forgotten_await_warns_like_a_coroutine(make_dispatcher: Any) -> None:
         d.dispatch_async(Signup())
         gc.collect()
     assert seen == []  # nothing ran
+
+
+def test_generator_based_coroutines_are_awaited_and_plain_generators_not(
+    make_dispatcher: Any,
+) -> None:
+    d = make_dispatcher()
+    log: list[str] = []
+
+    @types.coroutine
+    def legacy(event: Signup) -> Any:
+        yield  # suspends once, like an old-style coroutine awaiting a future
+        log.append("legacy")
+
+    def plain_generator(event: Signup) -> Any:
+        log.append("plain iterated")  # pragma: no cover - a generator is not awaitable
+        yield
+
+    d.register_handler(Signup, legacy)
+    d.register_handler(Signup, plain_generator)
+    assert run(d.dispatch_async(Signup())) == 2
+    assert log == ["legacy"]  # called (counted) but not iterated
