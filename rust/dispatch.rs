@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::Guard;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -101,9 +101,7 @@ impl<'py> Cursor<'py> {
         }
         match &self.first {
             Some((_, regs)) => Ok(regs),
-            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
-                "type cache lost its entry",
-            )),
+            None => Err(PyRuntimeError::new_err("type cache lost its entry")),
         }
     }
 }
@@ -160,7 +158,10 @@ impl Dispatcher {
         let _depth = RecursionGuard::enter(py)?;
         if self.nested == Nested::Queue && nested::is_active(self.id) {
             for event in events {
-                nested::push(self.id, event?.unbind());
+                if nested::push(self.id, event?.unbind()).is_err() {
+                    // the outermost call sits below us on this thread, so it cannot have ended
+                    return Err(PyRuntimeError::new_err("the nested dispatch queue is gone"));
+                }
             }
             return Ok(0);
         }

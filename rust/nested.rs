@@ -31,10 +31,12 @@ pub fn is_active(owner: u64) -> bool {
     with_frame(owner, |_| ()).is_some()
 }
 
-/// Append an event to `owner`'s FIFO on this thread (which must be active).
-pub fn push(owner: u64, event: Py<PyAny>) {
-    // The frame exists: callers check `is_active` first, on the same thread.
-    with_frame(owner, |frame| frame.fifo.push_back(event));
+/// Append an event to `owner`'s FIFO on this thread; false (and the event handed back to be
+/// dropped by the caller) when no outermost dispatch of `owner` runs here.
+pub fn push(owner: u64, event: Py<PyAny>) -> Result<(), Py<PyAny>> {
+    let mut event = Some(event);
+    with_frame(owner, |frame| frame.fifo.extend(event.take()));
+    event.map_or(Ok(()), Err)
 }
 
 pub fn pop(owner: u64) -> Option<Py<PyAny>> {
