@@ -229,6 +229,8 @@ impl Dispatcher {
         }
         let mut calls = 0;
         for reg in regs.iter() {
+            // `Dispatcher::take` inlined: a strong handler is borrowed, not cloned (measured
+            // ~4 ns an event faster on mixed batches than calling `take`)
             let weak_target;
             let handler = if reg.weak {
                 match reg.live_handler(py)? {
