@@ -23,3 +23,12 @@ def backend(request: pytest.FixtureRequest) -> ModuleType:
 def make_dispatcher(backend: ModuleType) -> Callable[..., Any]:
     """`backend.Dispatcher`, called with the test's options."""
     return backend.Dispatcher  # type: ignore[no-any-return]
+
+
+# Real Redis and PostgreSQL servers (tests/servers.py), for the tests that need one.
+from servers import (  # noqa: E402, F401
+    postgres_dsn,
+    postgres_server,
+    redis_server,
+    start_redis,
+)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from domainbus import pure as pure
 from domainbus.aggregate import AggregateRoot
-from domainbus.errors import DecodeError, DomainbusError, QueueClosed
+from domainbus.errors import ConcurrencyError, DecodeError, DomainbusError, QueueClosed
 from domainbus.events import DomainEvent
 from domainbus.outbox import idempotent
 from domainbus.uow import AsyncUnitOfWork, UnitOfWork
@@ -22,6 +22,7 @@ __all__ = [
     "AggregateRoot",
     "AsyncUnitOfWork",
     "BatchQueue",
+    "ConcurrencyError",
     "DecodeError",
     "Dispatcher",
     "DomainEvent",

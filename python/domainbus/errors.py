@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DecodeError", "DomainbusError", "QueueClosed"]
+__all__ = ["ConcurrencyError", "DecodeError", "DomainbusError", "QueueClosed"]
 
 
 class DomainbusError(Exception):
@@ -50,3 +50,23 @@ class DecodeError(DomainbusError):
             where.append(f"event {self.index}")
         prefix = f"{', '.join(where)}: " if where else ""
         return f"{prefix}{self.reason}: {self.detail}"
+
+
+class ConcurrencyError(DomainbusError):
+    """An append to an event stream whose version is not the one the writer expected.
+
+    Another writer appended first (optimistic concurrency); nothing of this append was written.
+    `stream_id`, `expected` and `actual` say which stream and which versions.
+    """
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(stream_id, expected, actual)
+
+    def __str__(self) -> str:
+        return (
+            f"stream {self.stream_id!r} is at version {self.actual}, "
+            f"not the expected {self.expected}: another writer appended first"
+        )
