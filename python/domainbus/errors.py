@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["ConcurrencyError", "DecodeError", "DomainbusError", "QueueClosed"]
+__all__ = ["BackendError", "ConcurrencyError", "DecodeError", "DomainbusError", "QueueClosed"]
 
 
 class DomainbusError(Exception):
     """Base class of the errors domainbus raises itself (handler errors propagate unchanged)."""
+
+
+class BackendError(DomainbusError, ImportError):
+    """`DOMAINBUS_BACKEND` names no backend that can be used (a bad value, or "rust" without
+    the extension). Raised when `domainbus.Dispatcher`, `BatchQueue` or `BACKEND` is first
+    used, so the message is one clear line; `domainbus.pure` and `domainbus.rust` still import.
+    """
 
 
 class QueueClosed(DomainbusError):

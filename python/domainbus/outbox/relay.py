@@ -37,6 +37,7 @@ import functools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from domainbus.delivery import batch_index, failed_indexes
 from domainbus.uow import describe_error
 
 if TYPE_CHECKING:
@@ -79,31 +80,18 @@ class _Outcome:
 def _outcome(size: int, exc: BaseException | None, collect: bool) -> _Outcome:
     if exc is None:
         return _Outcome(list(range(size)), [], None)
-    index = _batch_index(exc, size)
+    index = batch_index(exc, size)
     if index is not None and not (collect and not isinstance(exc, BaseExceptionGroup)):
         # Under "collect" a lone exception (KeyboardInterrupt, a raising on_unhandled) drops
         # the failures collected before it: nothing before it is known to be delivered.
         return _Outcome(list(range(index)), [(index, exc)], exc)
-    if isinstance(exc, BaseExceptionGroup) and index is None:
-        members = exc.exceptions
-        indexes = [_batch_index(member, size) for member in members]
-        # one exception object raised for two events carries only the last one's index
-        distinct = len({id(member) for member in members}) == len(members)
-        if members and distinct and None not in indexes:
-            failures: Failures = [
-                (i, member) for i, member in zip(indexes, members, strict=True) if i is not None
-            ]
-            failing = {i for i, _ in failures}
-            return _Outcome([i for i in range(size) if i not in failing], failures, exc)
+    indexes = failed_indexes(exc, size)
+    if indexes is not None:
+        assert isinstance(exc, BaseExceptionGroup)
+        failures: Failures = list(zip(indexes, exc.exceptions, strict=True))
+        failing = set(indexes)
+        return _Outcome([i for i in range(size) if i not in failing], failures, exc)
     return _Outcome([], [], exc)
-
-
-def _batch_index(exc: BaseException, size: int) -> int | None:
-    """`exc.batch_index` when it is an int naming an event of the batch, else None."""
-    index = getattr(exc, "batch_index", None)
-    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < size:
-        return index
-    return None
 
 
 def relay(
