@@ -86,7 +86,7 @@ def test_random_bytes(data: bytes) -> None:
     exercise(data)
 
 
-@fuzz
+@settings(fuzz, max_examples=max(1, EXAMPLES // 4))  # generating these is the slow part
 @given(st.lists(records, max_size=3))
 def test_structured_records(batch: list[dict[str, Any]]) -> None:
     for record in batch:
@@ -103,6 +103,31 @@ def test_structured_records(batch: list[dict[str, Any]]) -> None:
     except (TypeError, OverflowError, msgspec.EncodeError):
         return
     exercise(struct.pack("<I", len(payload)) + payload)
+
+
+@st.composite
+def hostile(draw: Any) -> bytes:
+    """Shapes known to break decoders: deep nesting, huge version numbers, lying lengths."""
+    depth = draw(st.integers(1, 3000))
+    digits = draw(st.integers(1, 6000))
+    shape = draw(st.sampled_from(["deep-msgpack", "deep-json", "deep-field", "tag", "length"]))
+    if shape == "deep-msgpack":
+        return b"\x91" * depth + b"\x01"
+    if shape == "deep-json":
+        return b"[" * depth + b"]" * depth
+    if shape == "deep-field":
+        return b'{"type":"Registered.v1","username":' + b"[" * depth + b"]" * depth + b"}"
+    if shape == "tag":
+        tag = draw(st.sampled_from(["Registered", "X", ""])) + ".v" + "7" * digits
+        return draw(st.sampled_from([msgspec.msgpack.encode, msgspec.json.encode]))({"type": tag})
+    declared = draw(st.integers(0, 2**20))  # bounded: the 1 GiB case is its own test
+    return struct.pack("<I", declared) + draw(st.binary(max_size=16))
+
+
+@fuzz
+@given(hostile())
+def test_hostile_shapes(data: bytes) -> None:
+    exercise(data)
 
 
 @fuzz
