@@ -123,7 +123,7 @@ def test_a_huge_integer_tag_is_an_unknown_tag() -> None:
 # -- item 4: a frame header that lies about its size ------------------------------------------
 
 
-@pytest.mark.parametrize("declared", [1 << 30, (1 << 30) - 1, 50_000_000])
+@pytest.mark.parametrize("declared", [2**32 - 1, (1 << 30) + 1, 1 << 30, 50_000_000])
 def test_a_lying_frame_length_allocates_nothing(declared: int) -> None:
     data = MAGIC + struct.pack("<I", declared) + b"\x91\x80\x00\x01\x02\x03"  # 30 bytes
     assert len(data) == 30
@@ -144,6 +144,18 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_a_corrupt_length_ends_the_stream_and_says_why() -> None:
+    good = frame(codec.encode_batch([ping(1)]))
+    data = MAGIC + good + struct.pack("<I", (1 << 30) + 1) + good
+    with pytest.raises(DecodeError) as info:
+        read_all(data)
+    error = info.value
+    assert (error.reason, error.index, error.count, error.resume_at) == ("garbage", 1, None, None)
+    assert "corrupt length prefix" in error.detail
+    assert "the rest of the file cannot be read" in error.detail
+    assert read_all(data, on_invalid=lambda e, raw: None) == [1]
 
 
 def test_a_cut_off_frame_says_so(tmp_path: Path) -> None:
