@@ -25,6 +25,8 @@ A reader never allocates more than the bytes actually in the file, whatever a pr
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
@@ -89,12 +91,23 @@ def read_up_to(file: BinaryIO, size: int) -> bytes:
     """`size` bytes, or fewer at the end of the file; memory grows only with what is read."""
     if size <= _READ_STEP:
         return file.read(size)
+    there = _bytes_left(file)
+    if there is not None and there < size:
+        return file.read(max(there, 0))  # a file on disk: what it holds, not what was declared
     parts = []
     left = size
     while left and (part := file.read(min(left, _READ_STEP))):
         parts.append(part)
         left -= len(part)
     return b"".join(parts)
+
+
+def _bytes_left(file: BinaryIO) -> int | None:
+    """Bytes between the position and the end of a regular file; None for other streams."""
+    try:
+        return os.fstat(file.fileno()).st_size - file.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def read_frames(
