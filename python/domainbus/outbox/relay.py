@@ -18,7 +18,8 @@ how far it iterated the batch (rule 12 of `domainbus.pure.dispatcher`):
   were not attempted and are released with no attempt counted;
 - an `ExceptionGroup` every member of which has such a `batch_index` (on_error="collect"):
   every event was attempted; the members' rows failed (one attempt each), the others were
-  delivered;
+  delivered. A lone exception out of a "collect" dispatcher (KeyboardInterrupt, a raising
+  `on_unhandled`) dropped the failures collected before it, so it counts as the next case;
 - any other exception (no usable `batch_index`: a broker that is down, a bug in the target):
   none of the batch counts as delivered; all its rows are released with no attempt counted, so
   an outage dead-letters nothing. The exception propagates; retrying later (with backoff) is
