@@ -5,6 +5,7 @@
 set -euo pipefail
 repo=$PWD
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 for interpreter in $INTERPRETERS; do            # python3.11 ... from the workflow's env
   version=${interpreter#python}                 # 3.11
   tag=cp${version/./}                           # cp311
