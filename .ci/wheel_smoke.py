@@ -37,9 +37,10 @@ def check_installed() -> None:
     check(package.parent == site, f"domainbus imported from {package}, not from {site}")
     check(domainbus.BACKEND == "rust", f"backend is {domainbus.BACKEND!r}, not 'rust'")
     core = sys.modules["domainbus._core"]
-    check(Path(core.__file__ or "").resolve().parent == package, "_core is not the wheel's")
+    extension = Path(core.__file__ or "?")
+    check(extension.resolve().parent == package, f"_core is {extension}, not the wheel's")
     check(Dispatcher is core.Dispatcher, "domainbus.Dispatcher is not the extension's class")
-    print(f"domainbus {domainbus.__version__} from {package}, extension {Path(core.__file__).name}")
+    print(f"domainbus {domainbus.__version__} from {package}, extension {extension.name}")
 
 
 def check_dispatch() -> None:

@@ -40,24 +40,24 @@ def _require_cargo() -> None:
 
 def get_requires_for_build_wheel(config_settings: Mapping[str, Any] | None = None) -> list[str]:
     _require_cargo()
-    return maturin.get_requires_for_build_wheel(config_settings)
+    return list(maturin.get_requires_for_build_wheel(config_settings))
 
 
 def get_requires_for_build_editable(config_settings: Mapping[str, Any] | None = None) -> list[str]:
     _require_cargo()
-    return maturin.get_requires_for_build_editable(config_settings)
+    return list(maturin.get_requires_for_build_editable(config_settings))
 
 
 def get_requires_for_build_sdist(config_settings: Mapping[str, Any] | None = None) -> list[str]:
     _require_cargo()
-    return maturin.get_requires_for_build_sdist(config_settings)
+    return list(maturin.get_requires_for_build_sdist(config_settings))
 
 
 def prepare_metadata_for_build_wheel(
     metadata_directory: str, config_settings: Mapping[str, Any] | None = None
 ) -> str:
     _require_cargo()
-    return maturin.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+    return str(maturin.prepare_metadata_for_build_wheel(metadata_directory, config_settings))
 
 
 def build_wheel(
@@ -66,7 +66,7 @@ def build_wheel(
     metadata_directory: str | None = None,
 ) -> str:
     _require_cargo()
-    return maturin.build_wheel(wheel_directory, config_settings, metadata_directory)
+    return str(maturin.build_wheel(wheel_directory, config_settings, metadata_directory))
 
 
 def build_editable(
@@ -75,9 +75,9 @@ def build_editable(
     metadata_directory: str | None = None,
 ) -> str:
     _require_cargo()
-    return maturin.build_editable(wheel_directory, config_settings, metadata_directory)
+    return str(maturin.build_editable(wheel_directory, config_settings, metadata_directory))
 
 
 def build_sdist(sdist_directory: str, config_settings: Mapping[str, Any] | None = None) -> str:
     _require_cargo()
-    return maturin.build_sdist(sdist_directory, config_settings)
+    return str(maturin.build_sdist(sdist_directory, config_settings))
