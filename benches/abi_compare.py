@@ -4,7 +4,8 @@ Each BUILD is a directory to put on PYTHONPATH that holds `domainbus/` with one 
 extension (benches/abi_builds.sh makes them under target/abi/). Every round runs each build once
 in a fresh interpreter, in a rotating order, so noise on a shared machine falls on all alike; a
 run times `Dispatcher.dispatch_batch` over the same events with 1 and with 3 no-op handlers per
-event class (GC paused, best of a few repeats) plus the floor `deque(map(handler, events))`.
+event class (GC paused, best of a few repeats, in CPU time of the thread so that other
+processes on a shared machine weigh less) plus the floor `deque(map(handler, events))`.
 The report gives ns per event (median over the rounds), each build's ratio to the first build
 (median of the per-round ratios), and the cost of one extra handler call ((3 handlers - 1
 handler) / 2): the part that vectorcall speeds up. The floor does not depend on the build; its
@@ -58,9 +59,9 @@ def best(run):
     gc.disable()
     try:
         for _ in range(repeats):
-            start = time.perf_counter_ns()
+            start = time.thread_time_ns()
             run()
-            times.append(time.perf_counter_ns() - start)
+            times.append(time.thread_time_ns() - start)
     finally:
         gc.enable()
     return min(times) / count
