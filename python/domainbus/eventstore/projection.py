@@ -101,6 +101,13 @@ class Projection:
     def reset(self) -> None:
         """Empty the read model (called by `ProjectionRunner.reset`, in its transaction)."""
 
+    def flush(self) -> None:
+        """Called after each page's handlers, in the page's transaction: write what the
+        handlers buffered (one `executemany` per page instead of a statement per event)."""
+
+    def discard(self) -> None:
+        """Called when a page is rolled back: forget what the handlers buffered."""
+
 
 class ProjectionRunner:
     """Catches a projection up with a store, then follows it.
@@ -151,8 +158,10 @@ class ProjectionRunner:
             try:
                 with tracking.transaction():
                     dispatch_batch(page.events)
+                    projection.flush()
                     tracking.set_position(name, page.last_position)
             except BaseException as exc:
+                projection.discard()
                 exc.add_note(
                     f"domainbus: projection {name!r} rolled back the page after position "
                     f"{position} ({len(page.events)} events); it resumes there"
