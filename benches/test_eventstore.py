@@ -32,10 +32,10 @@ import collections
 import functools
 import importlib.util
 import itertools
-import os
 import sqlite3
 import statistics
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,13 +87,15 @@ class Sizes:
     rounds: int
 
 
-FULL = Sizes(appends_sqlite=2000, appends_pg=300, aggregates=100, stored=1_000_000, rounds=3)
+FULL = Sizes(appends_sqlite=1000, appends_pg=200, aggregates=100, stored=1_000_000, rounds=3)
 QUICK = Sizes(appends_sqlite=20, appends_pg=10, aggregates=3, stored=3000, rounds=1)
 
 
 @pytest.fixture(scope="module")
 def sizes(request: pytest.FixtureRequest) -> Sizes:
-    return QUICK if request.config.getoption("benchmark_disable", False) else FULL
+    """FULL, or QUICK under --benchmark-disable or with a small --bench-events (a trial)."""
+    small = (request.config.getoption("--bench-events", None) or 10**9) < 100_000
+    return QUICK if small or request.config.getoption("benchmark_disable", False) else FULL
 
 
 # -- the aggregates, three ways ----------------------------------------------------------------
@@ -173,8 +175,22 @@ def es_sqlite_normal() -> None:
 
 @dataclass
 class Results:
-    medians: dict[tuple[str, str], float] = field(default_factory=dict)  # s per unit
+    medians: dict[str, float] = field(default_factory=dict)  # "workload:system" -> s per unit
+    turns: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # s per turn
     facts: list[str] = field(default_factory=list)
+
+    def turn_ratio(self, top: str, bottom: str) -> tuple[float, int] | None:
+        """The median of the per-turn ratios top/bottom ("workload:system" keys), and the
+        number of turns; None unless both ran in turns."""
+        workload, top_system = top.split(":")
+        bottom_workload, bottom_system = bottom.split(":")
+        times = self.turns.get(workload)
+        if workload != bottom_workload or times is None:
+            return None
+        if top_system not in times or bottom_system not in times:
+            return None
+        pairs = [a / b for a, b in zip(times[top_system], times[bottom_system], strict=True)]
+        return statistics.median(pairs), len(pairs)
 
 
 RESULTS = Results()
@@ -219,23 +235,31 @@ class Report:
         terminalreporter.section("event store ratios (medians, this run)")
         for fact in RESULTS.facts:
             write(fact)
-        for (workload, system), seconds in sorted(medians.items()):
-            write(f"{workload} {system}: {seconds * 1e6:.2f} us per unit")
+        for key, seconds in sorted(medians.items()):
+            write(f"{key}: {seconds * 1e6:.2f} us per unit ({1 / seconds:,.0f} per second)")
         for label, top, bottom, bound, at_most in TARGETS:
+            parts = []
             if top in medians and bottom in medians:
-                ratio = medians[top] / medians[bottom]
-                if bound == 0.0:
-                    write(f"{label}: {ratio:.2f}x (no target)")
-                    continue
+                parts.append(f"medians {medians[top] / medians[bottom]:.2f}x")
+            paired = RESULTS.turn_ratio(top, bottom)
+            if paired is not None:
+                parts.append(f"in turns {paired[0]:.2f}x over {paired[1]} turns")
+            if not parts:
+                continue
+            ratio = paired[0] if paired is not None else medians[top] / medians[bottom]
+            verdict = "no target"
+            if bound:
                 met = ratio <= bound if at_most else ratio >= bound
                 sign = "<=" if at_most else ">="
-                write(f"{label}: {ratio:.2f}x (target {sign} {bound}: "
-                      f"{'met' if met else 'MISSED'})")  # fmt: skip
+                verdict = f"target {sign} {bound}: {'met' if met else 'MISSED'}"
+            write(f"{label}: {'; '.join(parts)} ({verdict})")
         for label, key, target in RATES:
             if key in medians:
                 rate = 1 / medians[key]
+                floor = medians.get(key.replace("domainbus", "floor"))
+                than = f"; the floor: {1 / floor:,.0f} events/s" if floor else ""
                 verdict = "met" if rate >= target else "MISSED"
-                write(f"{label}: {rate:,.0f} events/s (target >= {target:,}: {verdict})")
+                write(f"{label}: {rate:,.0f} events/s (target >= {target:,}: {verdict}){than}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -313,106 +337,112 @@ def es_app_sqlite(path: Path) -> Any:
 
 
 APPEND_SYSTEMS = ("domainbus", "floor", "floor-insert", "eventsourcing")
+REBUILD_SYSTEMS = ("domainbus", "floor", "eventsourcing")
+READ_SYSTEMS = ("domainbus", "floor")
+Run = Callable[[], object]
 
 
-@pytest.mark.parametrize("system", APPEND_SYSTEMS)
-def test_append_sqlite(benchmark: Any, files: Files, sizes: Sizes, system: str) -> None:
+def prepare_append_sqlite(files: Files, sizes: Sizes, system: str) -> Run:
+    """A fresh database; the run appends one event to each of `appends_sqlite` new streams."""
     count = sizes.appends_sqlite
     events = [Opened(account_id=f"a{n}", owner="ada") for n in range(count)]
-
-    def setup() -> Callable[[], object]:
-        path = files.new()
-        if system == "domainbus":
-            store = SqliteEventStore(path, CODEC)
-            assert store.synchronous == "NORMAL"
-            files.closing.append(store.close)
-            append = store.append
-            return lambda: [append(e.account_id, [e], expected_version=0) for e in events]
-        if system == "eventsourcing":
-            _application, es_account = es_classes()
-            app = es_app_sqlite(path)
-            files.closing.append(app.close)
-            return lambda: [app.save(es_account(owner="ada")) for _ in range(count)]
-        store = SqliteEventStore(path, CODEC)  # the same schema, then used by hand
-        store.close()
-        connection = sqlite_connect(path)
-        files.closing.append(connection.close)
-        cursor, encode = connection.cursor(), ENCODER.encode
-        from domainbus.eventstore.sqlite import INSERT, STREAM_VERSION
-
-        def floor() -> None:
-            for event in events:
-                cursor.execute("BEGIN IMMEDIATE")
-                if cursor.execute(STREAM_VERSION, (event.account_id,)).fetchone()[0]:
-                    raise AssertionError("a new stream")
-                cursor.execute(INSERT, (event.account_id, 1, encode(event)))
-                cursor.execute("COMMIT")
-
-        def floor_insert() -> None:
-            for event in events:
-                cursor.execute("BEGIN")
-                cursor.execute(INSERT, (event.account_id, 1, encode(event)))
-                cursor.execute("COMMIT")
-
-        return floor if system == "floor" else floor_insert
-
-    timed(benchmark, f"append-sqlite:{system}", count, setup, sizes.rounds)
-
-
-REBUILD_SYSTEMS = ("domainbus", "floor", "eventsourcing")
-
-
-@pytest.mark.parametrize("system", REBUILD_SYSTEMS)
-def test_rebuild_sqlite(benchmark: Any, files: Files, sizes: Sizes, system: str) -> None:
-    count = sizes.aggregates
-    ids = [f"acc-{n}" for n in range(count)]
     path = files.new()
+    if system == "domainbus":
+        store = SqliteEventStore(path, CODEC)
+        assert store.synchronous == "NORMAL"
+        files.closing.append(store.close)
+        append = store.append
+        return lambda: [append(e.account_id, [e], expected_version=0) for e in events]
     if system == "eventsourcing":
-        _application, es_account = es_classes()
+        _, es_account = es_classes()
         app = es_app_sqlite(path)
         files.closing.append(app.close)
-        es_ids = []
-        for _ in ids:
-            account = es_account(owner="ada")
-            for n in range(EVENTS_PER_AGGREGATE - 1):
-                account.deposit(n)
-            app.save(account)
-            es_ids.append(account.id)
-        get = app.repository.get
+        return lambda: [app.save(es_account(owner="ada")) for _ in range(count)]
+    SqliteEventStore(path, CODEC).close()  # the same schema, then used by hand
+    connection = sqlite_connect(path)
+    files.closing.append(connection.close)
+    cursor, encode = connection.cursor(), ENCODER.encode
+    from domainbus.eventstore.sqlite import INSERT, STREAM_VERSION
 
-        def run_es() -> None:
-            for account_id in es_ids:
-                assert get(account_id).balance == 4851
+    def floor() -> None:
+        for event in events:
+            cursor.execute("BEGIN IMMEDIATE")
+            if cursor.execute(STREAM_VERSION, (event.account_id,)).fetchone()[0]:
+                raise AssertionError("a new stream")
+            cursor.execute(INSERT, (event.account_id, 1, encode(event)))
+            cursor.execute("COMMIT")
 
-        timed(benchmark, "rebuild-sqlite:eventsourcing", count * EVENTS_PER_AGGREGATE,
-              lambda: run_es, sizes.rounds)  # fmt: skip
-        return
+    def floor_insert() -> None:
+        for event in events:
+            cursor.execute("BEGIN")
+            cursor.execute(INSERT, (event.account_id, 1, encode(event)))
+            cursor.execute("COMMIT")
+
+    return floor if system == "floor" else floor_insert
+
+
+def es_rebuild(app: Any, es_account: Any, count: int) -> Run:
+    """Save `count` eventsourcing accounts of 100 events; the run gets each."""
+    es_ids = []
+    for _ in range(count):
+        account = es_account(owner="ada")
+        for n in range(EVENTS_PER_AGGREGATE - 1):
+            account.deposit(n)
+        app.save(account)
+        es_ids.append(account.id)
+    get = app.repository.get
+
+    def run_es() -> None:
+        for account_id in es_ids:
+            assert get(account_id).balance == 4851
+
+    return run_es
+
+
+def fold_rebuild(store: Any, cursor: Any, select: str, ids: list[str]) -> Run:
+    """The floor: select the payloads, decode each, fold with a direct call."""
+    decode = DECODER.decode
+
+    def run() -> None:
+        for account_id in ids:
+            rows = cursor.execute(select, (account_id, 1, 2**62, 1000)).fetchall()
+            account = Account._blank(account_id)
+            for (payload,) in rows:
+                event = decode(payload)
+                FLOOR_FOLD[type(event)](account, event)
+            assert account.balance == 4851
+
+    return run
+
+
+def repository_rebuild(store: Any, ids: list[str]) -> Run:
+    repository = Repository(store, Account)
+
+    def run() -> None:
+        for account_id in ids:
+            assert repository.get(account_id).balance == 4851
+
+    return run
+
+
+def prepare_rebuild_sqlite(files: Files, sizes: Sizes, system: str) -> Run:
+    """A fresh database of `aggregates` accounts of 100 events; the run rebuilds each."""
+    ids = [f"acc-{n}" for n in range(sizes.aggregates)]
+    path = files.new()
+    if system == "eventsourcing":
+        _, es_account = es_classes()
+        app = es_app_sqlite(path)
+        files.closing.append(app.close)
+        return es_rebuild(app, es_account, len(ids))
     store = SqliteEventStore(path, CODEC)
     files.closing.append(store.close)
     for account_id in ids:
         store.append(account_id, history(account_id), expected_version=0)
     if system == "domainbus":
-        repository = Repository(store, Account)
+        return repository_rebuild(store, ids)
+    from domainbus.eventstore.sqlite import SELECT_STREAM
 
-        def run() -> None:
-            for account_id in ids:
-                assert repository.get(account_id).balance == 4851
-
-    else:
-        cursor, decode = store.connection.cursor(), DECODER.decode
-        from domainbus.eventstore.sqlite import SELECT_STREAM
-
-        def run() -> None:
-            for account_id in ids:
-                rows = cursor.execute(SELECT_STREAM, (account_id, 1, 2**62, 1000)).fetchall()
-                account = Account._blank(account_id)
-                for (payload,) in rows:
-                    event = decode(payload)
-                    FLOOR_FOLD[type(event)](account, event)
-                assert account.balance == 4851
-
-    timed(benchmark, f"rebuild-sqlite:{system}", count * EVENTS_PER_AGGREGATE, lambda: run,
-          sizes.rounds)  # fmt: skip
+    return fold_rebuild(store, store.connection.cursor(), SELECT_STREAM, ids)
 
 
 @pytest.fixture(scope="module")
@@ -436,21 +466,23 @@ def stored_db(tmp_path_factory: pytest.TempPathFactory, sizes: Sizes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("system", ("domainbus", "floor"))
-def test_read_all_sqlite(benchmark: Any, stored_db: Path, sizes: Sizes, system: str) -> None:
-    store = SqliteEventStore(stored_db, CODEC)
-    total = store.count_after(0)
+class Stored:
+    """The stored database, opened once, and what read_all and catch-up run on it."""
 
-    if system == "domainbus":
+    def __init__(self, path: Path) -> None:
+        self.store = SqliteEventStore(path, CODEC)
+        self.total = self.store.count_after(0)
+        self.counter = Counter(self.store.connection)
+        self.runner = ProjectionRunner(self.store, self.counter, page_size=1000)
 
-        def run() -> None:
-            assert sum(1 for _ in store.read_all()) == total
-
-    else:
+    def prepare_read_all(self, system: str) -> Run:
+        store, total = self.store, self.total
+        if system == "domainbus":
+            return lambda: sum(1 for _ in store.read_all()) == total or pytest.fail("missed")
         cursor, decode = store.connection.cursor(), DECODER.decode
         from domainbus.eventstore.sqlite import SELECT_ALL
 
-        def run() -> None:
+        def floor() -> None:
             after, seen = 0, 0
             while rows := cursor.execute(SELECT_ALL, (after, 1000)).fetchall():
                 events = [(row[0], decode(row[3])) for row in rows]
@@ -458,8 +490,32 @@ def test_read_all_sqlite(benchmark: Any, stored_db: Path, sizes: Sizes, system: 
                 after = rows[-1][0]
             assert seen == total
 
-    timed(benchmark, f"read_all-sqlite:{system}", total, lambda: run, sizes.rounds)
-    store.close()
+        return floor
+
+    def prepare_catch_up(self, system: str) -> Run:
+        total = self.total
+        if system == "domainbus":
+            self.runner.reset()
+            return lambda: self.runner.catch_up() == total or pytest.fail("missed events")
+        cursor, decode = self.store.connection.cursor(), DECODER.decode
+        handler = FloorCounter().seen
+        from domainbus.eventstore.sqlite import SELECT_ALL
+
+        def floor() -> None:
+            after, seen = 0, 0
+            while rows := cursor.execute(SELECT_ALL, (after, 1000)).fetchall():
+                events = [decode(row[3]) for row in rows]
+                cursor.execute("BEGIN IMMEDIATE")
+                collections.deque(map(handler, events), maxlen=0)
+                after = rows[-1][0]
+                cursor.execute(
+                    "INSERT OR REPLACE INTO domainbus_tracking VALUES ('floor', ?)", (after,)
+                )
+                cursor.execute("COMMIT")
+                seen += len(events)
+            assert seen == total
+
+        return floor
 
 
 class Counter(Projection):
@@ -473,46 +529,45 @@ class Counter(Projection):
         self.count += 1
 
 
-def noop(event: object) -> None:
-    """The floor's handler."""
+class FloorCounter:
+    """The floor's handler: the same work as Counter's."""
+
+    count = 0
+
+    def seen(self, event: DomainEvent) -> None:
+        self.count += 1
 
 
-@pytest.mark.parametrize("system", ("domainbus", "floor"))
-def test_catch_up_sqlite(benchmark: Any, stored_db: Path, sizes: Sizes, system: str) -> None:
-    store = SqliteEventStore(stored_db, CODEC)
-    total = store.count_after(0)
-    connection = store.connection
-    if system == "domainbus":
-        projection = Counter(connection)
-        runner = ProjectionRunner(store, projection, page_size=1000)
+@pytest.fixture(scope="module")
+def stored(stored_db: Path) -> Iterator[Stored]:
+    opened = Stored(stored_db)
+    yield opened
+    opened.store.close()
 
-        def setup() -> Callable[[], object]:
-            runner.reset()
-            return lambda: runner.catch_up() == total or pytest.fail("missed events")
 
-    else:
-        cursor, decode = connection.cursor(), DECODER.decode
-        from domainbus.eventstore.sqlite import SELECT_ALL
+@pytest.mark.parametrize("system", APPEND_SYSTEMS)
+def test_append_sqlite(benchmark: Any, files: Files, sizes: Sizes, system: str) -> None:
+    prepare = functools.partial(prepare_append_sqlite, files, sizes, system)
+    timed(benchmark, f"append-sqlite:{system}", sizes.appends_sqlite, prepare, sizes.rounds)
 
-        def floor() -> None:
-            after, seen = 0, 0
-            while rows := cursor.execute(SELECT_ALL, (after, 1000)).fetchall():
-                events = [decode(row[3]) for row in rows]
-                cursor.execute("BEGIN IMMEDIATE")
-                collections.deque(map(noop, events), maxlen=0)
-                after = rows[-1][0]
-                cursor.execute(
-                    "INSERT OR REPLACE INTO domainbus_tracking VALUES ('floor', ?)", (after,)
-                )
-                cursor.execute("COMMIT")
-                seen += len(events)
-            assert seen == total
 
-        def setup() -> Callable[[], object]:
-            return floor
+@pytest.mark.parametrize("system", REBUILD_SYSTEMS)
+def test_rebuild_sqlite(benchmark: Any, files: Files, sizes: Sizes, system: str) -> None:
+    prepare = functools.partial(prepare_rebuild_sqlite, files, sizes, system)
+    units = sizes.aggregates * EVENTS_PER_AGGREGATE
+    timed(benchmark, f"rebuild-sqlite:{system}", units, prepare, sizes.rounds)
 
-    timed(benchmark, f"catchup-sqlite:{system}", total, setup, sizes.rounds)
-    store.close()
+
+@pytest.mark.parametrize("system", READ_SYSTEMS)
+def test_read_all_sqlite(benchmark: Any, stored: Stored, sizes: Sizes, system: str) -> None:
+    prepare = functools.partial(stored.prepare_read_all, system)
+    timed(benchmark, f"read_all-sqlite:{system}", stored.total, prepare, sizes.rounds)
+
+
+@pytest.mark.parametrize("system", READ_SYSTEMS)
+def test_catch_up_sqlite(benchmark: Any, stored: Stored, sizes: Sizes, system: str) -> None:
+    prepare = functools.partial(stored.prepare_catch_up, system)
+    timed(benchmark, f"catchup-sqlite:{system}", stored.total, prepare, sizes.rounds)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
@@ -578,102 +633,118 @@ def databases(pg_server: Any) -> Iterator[Databases]:
     made.admin.close()
 
 
-@pytest.mark.parametrize("system", APPEND_SYSTEMS)
-def test_append_postgres(benchmark: Any, databases: Databases, sizes: Sizes, system: str) -> None:
+def prepare_append_pg(databases: Databases, sizes: Sizes, system: str) -> Run:
+    """A fresh database; the run appends one event to each of `appends_pg` new streams."""
     import psycopg
 
     from domainbus.eventstore.postgres import PostgresEventStore
 
     count = sizes.appends_pg
     events = [Opened(account_id=f"a{n}", owner="ada") for n in range(count)]
-
-    def setup() -> Callable[[], object]:
-        dsn = databases.new()
-        if system == "eventsourcing":
-            _, es_account = es_classes()
-            app = databases.es_app(dsn)
-            return lambda: [app.save(es_account(owner="ada")) for _ in range(count)]
-        store = PostgresEventStore(dsn, CODEC)
-        databases.closing.append(store.close)
-        if system == "domainbus":
-            assert store.synchronous_commit == "on"
-            append = store.append
-            return lambda: [append(e.account_id, [e], expected_version=0) for e in events]
-        connection = psycopg.connect(dsn, autocommit=True)
-        databases.closing.append(connection.close)
-        cursor, encode = connection.cursor(binary=True), ENCODER.encode
-        same = store._append_new  # the very statement the store sends
-
-        def floor() -> None:
-            for event in events:
-                params = {"stream": event.account_id, "expected": 0, "n": 1,
-                          "payloads": [encode(event)]}  # fmt: skip
-                row = cursor.execute(same, params).fetchone()
-                assert row is not None and row[0] == 1
-
-        def floor_insert() -> None:
-            sql = "INSERT INTO domainbus_events (stream_id, version, payload) VALUES (%s, 1, %s)"
-            for event in events:
-                cursor.execute(sql, (event.account_id, encode(event)))
-
-        return floor if system == "floor" else floor_insert
-
-    timed(benchmark, f"append-pg:{system}", count, setup, sizes.rounds)
-
-
-@pytest.mark.parametrize("system", REBUILD_SYSTEMS)
-def test_rebuild_postgres(benchmark: Any, databases: Databases, sizes: Sizes, system: str) -> None:
-    from domainbus.eventstore.postgres import SELECT_STREAM, PostgresEventStore
-
-    count = sizes.aggregates
-    ids = [f"acc-{n}" for n in range(count)]
     dsn = databases.new()
-    units = count * EVENTS_PER_AGGREGATE
     if system == "eventsourcing":
         _, es_account = es_classes()
         app = databases.es_app(dsn)
-        es_ids = []
-        for _ in ids:
-            account = es_account(owner="ada")
-            for n in range(EVENTS_PER_AGGREGATE - 1):
-                account.deposit(n)
-            app.save(account)
-            es_ids.append(account.id)
-        get = app.repository.get
+        return lambda: [app.save(es_account(owner="ada")) for _ in range(count)]
+    store = PostgresEventStore(dsn, CODEC)
+    databases.closing.append(store.close)
+    if system == "domainbus":
+        assert store.synchronous_commit == "on"
+        append = store.append
+        return lambda: [append(e.account_id, [e], expected_version=0) for e in events]
+    connection = psycopg.connect(dsn, autocommit=True)
+    databases.closing.append(connection.close)
+    cursor, encode = connection.cursor(binary=True), ENCODER.encode
+    same = store._append_new  # the very statement the store sends
 
-        def run_es() -> None:
-            for account_id in es_ids:
-                assert get(account_id).balance == 4851
+    def floor() -> None:
+        for event in events:
+            params = {"stream": event.account_id, "expected": 0, "n": 1,
+                      "payloads": [encode(event)]}  # fmt: skip
+            row = cursor.execute(same, params).fetchone()
+            assert row is not None and row[0] == 1
 
-        timed(benchmark, "rebuild-pg:eventsourcing", units, lambda: run_es, sizes.rounds)
-        return
+    def floor_insert() -> None:
+        sql = "INSERT INTO domainbus_events (stream_id, version, payload) VALUES (%s, 1, %s)"
+        for event in events:
+            cursor.execute(sql, (event.account_id, encode(event)))
+
+    return floor if system == "floor" else floor_insert
+
+
+def prepare_rebuild_pg(databases: Databases, sizes: Sizes, system: str) -> Run:
+    """A fresh database of `aggregates` accounts of 100 events; the run rebuilds each."""
+    from domainbus.eventstore.postgres import SELECT_STREAM, PostgresEventStore
+
+    ids = [f"acc-{n}" for n in range(sizes.aggregates)]
+    dsn = databases.new()
+    if system == "eventsourcing":
+        _, es_account = es_classes()
+        return es_rebuild(databases.es_app(dsn), es_account, len(ids))
     store = PostgresEventStore(dsn, CODEC)
     databases.closing.append(store.close)
     for account_id in ids:
         store.append(account_id, history(account_id), expected_version=0)
     if system == "domainbus":
-        repository = Repository(store, Account)
-
-        def run() -> None:
-            for account_id in ids:
-                assert repository.get(account_id).balance == 4851
-
-    else:
-        cursor, decode = store.connection.cursor(binary=True), DECODER.decode
-
-        def run() -> None:
-            for account_id in ids:
-                rows = cursor.execute(SELECT_STREAM, (account_id, 1, 2**62, 1000)).fetchall()
-                account = Account._blank(account_id)
-                for (payload,) in rows:
-                    event = decode(payload)
-                    FLOOR_FOLD[type(event)](account, event)
-                assert account.balance == 4851
-
-    timed(benchmark, f"rebuild-pg:{system}", units, lambda: run, sizes.rounds)
+        return repository_rebuild(store, ids)
+    return fold_rebuild(store, store.connection.cursor(binary=True), SELECT_STREAM, ids)
 
 
-def test_medians_are_per_unit() -> None:
-    """The report divides by the units; a sanity check of that arithmetic."""
-    assert statistics.median([3.0, 1.0, 2.0]) / 2 == 1.0
-    assert os.path.sep  # keeps the imports honest on every platform
+@pytest.mark.parametrize("system", APPEND_SYSTEMS)
+def test_append_postgres(benchmark: Any, databases: Databases, sizes: Sizes, system: str) -> None:
+    prepare = functools.partial(prepare_append_pg, databases, sizes, system)
+    timed(benchmark, f"append-pg:{system}", sizes.appends_pg, prepare, sizes.rounds)
+
+
+@pytest.mark.parametrize("system", REBUILD_SYSTEMS)
+def test_rebuild_postgres(benchmark: Any, databases: Databases, sizes: Sizes, system: str) -> None:
+    prepare = functools.partial(prepare_rebuild_pg, databases, sizes, system)
+    units = sizes.aggregates * EVENTS_PER_AGGREGATE
+    timed(benchmark, f"rebuild-pg:{system}", units, prepare, sizes.rounds)
+
+
+# -- the systems in turns ------------------------------------------------------------------------
+
+
+def in_turns(
+    request: pytest.FixtureRequest, workload: str, systems: tuple[str, ...],
+    prepare: Callable[[str], Run], turns: int,
+) -> None:  # fmt: skip
+    """Run the systems one after the other, `turns` times, the order reversed every turn (so
+    no place is favoured); keep each turn's times for the per-turn ratios."""
+    if request.config.getoption("benchmark_disable", False):
+        turns = 1
+    times: dict[str, list[float]] = {system: [] for system in systems}
+    for turn in range(turns):
+        for system in systems if turn % 2 == 0 else systems[::-1]:
+            run = prepare(system)
+            start = time.perf_counter()
+            run()
+            times[system].append(time.perf_counter() - start)
+    RESULTS.turns[workload] = times
+
+
+def test_in_turns_append_sqlite(request: pytest.FixtureRequest, files: Files, sizes: Sizes) -> None:
+    prepare = functools.partial(prepare_append_sqlite, files, sizes)
+    in_turns(request, "append-sqlite", APPEND_SYSTEMS, prepare, 6)
+
+
+def test_in_turns_rebuild_sqlite(
+    request: pytest.FixtureRequest, files: Files, sizes: Sizes
+) -> None:
+    prepare = functools.partial(prepare_rebuild_sqlite, files, sizes)
+    in_turns(request, "rebuild-sqlite", REBUILD_SYSTEMS, prepare, 4)
+
+
+def test_in_turns_read_sqlite(request: pytest.FixtureRequest, stored: Stored) -> None:
+    in_turns(request, "read_all-sqlite", READ_SYSTEMS, stored.prepare_read_all, 2)
+    in_turns(request, "catchup-sqlite", READ_SYSTEMS, stored.prepare_catch_up, 2)
+
+
+def test_in_turns_postgres(
+    request: pytest.FixtureRequest, databases: Databases, sizes: Sizes
+) -> None:
+    in_turns(request, "append-pg", APPEND_SYSTEMS,
+             functools.partial(prepare_append_pg, databases, sizes), 4)  # fmt: skip
+    in_turns(request, "rebuild-pg", REBUILD_SYSTEMS,
+             functools.partial(prepare_rebuild_pg, databases, sizes), 4)  # fmt: skip

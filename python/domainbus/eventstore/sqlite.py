@@ -8,7 +8,9 @@ later commit fills below a position already read: rowids are max + 1).
 Optimistic concurrency: `append` reads the stream's version under the write lock (BEGIN
 IMMEDIATE, or the caller's transaction) and inserts only when it matches; the unique index on
 (stream_id, version) backs this up. A stale writer gets `ConcurrencyError` before any row is
-written.
+written. Inside a caller's transaction, begin it with BEGIN IMMEDIATE (the unit of work does):
+in a deferred transaction that another connection wrote after, SQLite refuses the insert
+("database is locked") rather than let a stale check through.
 
 Durability: WAL, with `synchronous` set explicitly: "NORMAL" (default; a process crash loses
 nothing committed, a power loss or OS crash can lose the last transactions) or "FULL".
