@@ -32,6 +32,8 @@ __all__ = [
     "StoredDecodeError",
     "StoredEvent",
     "check_append",
+    "check_page",
+    "check_range",
     "decode_rows",
     "page_to_stored",
 ]
