@@ -12,7 +12,13 @@ from typing import Literal
 
 from domainbus import pure as pure
 from domainbus.aggregate import AggregateRoot
-from domainbus.errors import ConcurrencyError, DecodeError, DomainbusError, QueueClosed
+from domainbus.errors import (
+    ConcurrencyError,
+    DecodeError,
+    DomainbusError,
+    QueueClosed,
+    UnknownCommand,
+)
 from domainbus.events import DomainEvent
 from domainbus.outbox import idempotent
 from domainbus.uow import AsyncUnitOfWork, UnitOfWork
@@ -29,6 +35,7 @@ __all__ = [
     "DomainbusError",
     "QueueClosed",
     "UnitOfWork",
+    "UnknownCommand",
     "__version__",
     "idempotent",
 ]

@@ -1,0 +1,497 @@
+//! Commands on the Rust `Dispatcher`: the twin of `domainbus.pure.commands` (the rules are
+//! numbered there). The hot path, `execute`, is one exact-type lookup in a copy-on-write table
+//! keyed by the type's address, then one vectorcall of the stored callable (the handler, its
+//! dependencies bound by a `functools.partial`, wrapped in the middleware chain when there is
+//! one). Registration, dependency resolution, middleware chains and the error texts are built
+//! by `domainbus._commands`, shared with the pure backend; none of it runs per `execute`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
+use pyo3::PyTraverseError;
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::dispatcher::{Dispatcher, Nested};
+use crate::errors;
+use crate::nested::{self, FrameGuard};
+
+/// One command type's handler: as registered, with its dependencies, and what `execute` calls.
+struct CommandEntry {
+    command_type: Py<PyType>, // keeps the key's address from being reused
+    handler: Py<PyAny>,
+    bound: Py<PyAny>,
+    call: Py<PyAny>,
+}
+
+/// An immutable state of the command half; replaced whole on every change. The parts are
+/// shared between states by `Arc`, so deriving a new state needs no reference counting in
+/// Python.
+#[derive(Clone, Default)]
+struct CommandState {
+    table: HashMap<usize, Arc<CommandEntry>>,
+    /// A `domainbus._commands.Dependencies`, once something was provided.
+    dependencies: Option<Arc<Py<PyAny>>>,
+    middleware: Arc<Vec<Py<PyAny>>>,
+}
+
+/// The `commands` field of `Dispatcher`: command handlers, dependencies and middleware.
+#[derive(Default)]
+pub struct CommandRegistry {
+    state: ArcSwap<CommandState>,
+}
+
+impl CommandRegistry {
+    /// Publish a state derived from the current one (lock-free; `change` is re-run if another
+    /// thread published in between). No Rust lock is held while `change` runs Python code.
+    fn update(
+        &self,
+        mut change: impl FnMut(&CommandState) -> PyResult<Option<CommandState>>,
+    ) -> PyResult<bool> {
+        loop {
+            let current = self.state.load_full();
+            let Some(next) = change(&current)? else {
+                return Ok(false);
+            };
+            let previous = self.state.compare_and_swap(&current, Arc::new(next));
+            if Arc::ptr_eq(&previous, &current) {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// `clear()`: every command handler goes; dependencies and middleware stay.
+    pub(crate) fn clear_handlers(&self) {
+        // the closure never fails
+        let _ = self.update(|state| {
+            Ok((!state.table.is_empty()).then(|| CommandState {
+                table: HashMap::default(),
+                ..state.clone()
+            }))
+        });
+    }
+
+    /// The GC's `__clear__`: drop every Python object held.
+    pub(crate) fn clear_all(&self) {
+        self.state.store(Arc::new(CommandState::default()));
+    }
+
+    /// Report every Python object the current state holds.
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let state = self.state.load();
+        for entry in state.table.values() {
+            visit.call(&entry.command_type)?;
+            visit.call(&entry.handler)?;
+            visit.call(&entry.bound)?;
+            visit.call(&entry.call)?;
+        }
+        if let Some(dependencies) = &state.dependencies {
+            visit.call(&**dependencies)?;
+        }
+        for layer in state.middleware.iter() {
+            visit.call(layer)?;
+        }
+        Ok(())
+    }
+
+    /// An event handler with its dependencies bound (the hook of `register_handler`).
+    pub(crate) fn inject<'py>(
+        &self,
+        handler: &Bound<'py, PyAny>,
+        weak: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = handler.py();
+        let dependencies = self.state.load().dependencies.clone();
+        helpers(py)?.call_method1(
+            intern!(py, "bind_event_handler"),
+            (dependencies_arg(py, &dependencies), handler, weak),
+        )
+    }
+}
+
+fn helpers(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    py.import(intern!(py, "domainbus._commands"))
+}
+
+fn dependencies_arg<'py>(py: Python<'py>, deps: &Option<Arc<Py<PyAny>>>) -> Bound<'py, PyAny> {
+    match deps {
+        Some(deps) => deps.bind(py).clone(),
+        None => py.None().into_bound(py),
+    }
+}
+
+fn check_command_type<'a, 'py>(
+    command_type: &'a Bound<'py, PyAny>,
+) -> PyResult<&'a Bound<'py, PyType>> {
+    command_type.cast::<PyType>().map_err(|_| {
+        let name = command_type
+            .get_type()
+            .qualname()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        PyTypeError::new_err(format!("command_type must be a class, not {name}"))
+    })
+}
+
+fn key_of(command_type: &Bound<'_, PyType>) -> usize {
+    command_type.as_ptr() as usize
+}
+
+/// `compose(middleware, bound)`: the callable `execute` calls.
+fn chain<'py>(
+    py: Python<'py>,
+    middleware: &[Py<PyAny>],
+    bound: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if middleware.is_empty() {
+        return Ok(bound.clone());
+    }
+    let layers = PyTuple::new(py, middleware.iter().map(|m| m.bind(py)))?;
+    helpers(py)?.call_method1(intern!(py, "compose"), (layers, bound))
+}
+
+fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `value` is a live object; PyCoro_CheckExact only reads its type pointer.
+    unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) != 0 }
+}
+
+/// Rule 3: the note on every `Exception` `execute` propagates; a coroutine returned to the
+/// synchronous `execute` is closed and reported as the handler's TypeError.
+#[cold]
+#[inline(never)]
+fn command_failure(
+    py: Python<'_>,
+    entry: &CommandEntry,
+    command_type: &Bound<'_, PyType>,
+    err: PyErr,
+) -> PyErr {
+    if !errors::is_exception(py, &err) {
+        return err; // KeyboardInterrupt, SystemExit...: as they are
+    }
+    let note = || -> PyResult<()> {
+        let name = errors::describe_handler(entry.handler.bind(py))?;
+        let note = format!(
+            "domainbus: raised by command handler {name} for {}",
+            errors::type_name(command_type)?
+        );
+        errors::add_note(py, &err, &note)
+    };
+    match note() {
+        Ok(()) => err,
+        Err(other) => other,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn reject_coroutine(py: Python<'_>, entry: &CommandEntry, coroutine: &Bound<'_, PyAny>) -> PyErr {
+    if let Err(err) = coroutine.call_method0(intern!(py, "close")) {
+        return err;
+    }
+    match errors::describe_handler(entry.handler.bind(py)) {
+        Ok(name) => PyTypeError::new_err(format!(
+            "command handler {name} returned a coroutine: async handlers need execute_async()"
+        )),
+        Err(err) => err,
+    }
+}
+
+/// Call the entry's callable with the command: the result, or the error with its note.
+#[inline(always)]
+fn call_entry<'py>(
+    py: Python<'py>,
+    entry: &CommandEntry,
+    command: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match entry.call.bind(py).call1((command,)) {
+        Ok(result) if !is_coroutine(&result) => Ok(result),
+        Ok(coroutine) => Err(command_failure(
+            py,
+            entry,
+            &command.get_type(),
+            reject_coroutine(py, entry, &coroutine),
+        )),
+        Err(err) => Err(command_failure(py, entry, &command.get_type(), err)),
+    }
+}
+
+impl Dispatcher {
+    #[cold]
+    #[inline(never)]
+    fn unknown_command(slf: &Bound<'_, Self>, command: &Bound<'_, PyAny>) -> PyErr {
+        let py = slf.py();
+        let build = || -> PyResult<PyErr> {
+            let handler_of = slf.getattr(intern!(py, "command_handler_for"))?;
+            let error =
+                helpers(py)?.call_method1(intern!(py, "unknown_command"), (command, handler_of))?;
+            Ok(PyErr::from_value(error))
+        };
+        build().unwrap_or_else(|err| err)
+    }
+
+    /// Rule 5, "queue" mode: the handler runs with this thread's FIFO open; what it queued is
+    /// then dispatched first in first out by the dispatch loop.
+    #[inline(never)]
+    fn execute_outermost<'py>(
+        &self,
+        py: Python<'py>,
+        entry: &CommandEntry,
+        command: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let frame = FrameGuard::enter(self.id);
+        let result = call_entry(py, entry, command);
+        let mut queued = VecDeque::new();
+        while let Some(event) = nested::pop(self.id) {
+            queued.push_back(event);
+        }
+        drop(frame);
+        let result = match result {
+            Ok(result) => result,
+            Err(err) => {
+                if !queued.is_empty() {
+                    let note = format!(
+                        "domainbus: {} queued event(s) were not dispatched",
+                        queued.len()
+                    );
+                    errors::add_note(py, &err, &note)?;
+                }
+                return Err(err);
+            }
+        };
+        if queued.is_empty() {
+            return Ok(result);
+        }
+        // `run` opens its own frame before it takes the first event, and drains that frame
+        // after each event. So on the first pull the events after the first go into its frame,
+        // ahead of anything the first event's handlers queue: one FIFO, in order.
+        let id = self.id;
+        let mut first = true;
+        let events = std::iter::from_fn(move || {
+            if !std::mem::take(&mut first) {
+                return None;
+            }
+            let head = queued.pop_front()?;
+            for event in queued.drain(..) {
+                if nested::push(id, event).is_err() {
+                    return Some(Err(PyRuntimeError::new_err(
+                        "the nested dispatch queue is gone",
+                    )));
+                }
+            }
+            Some(Ok(head.into_bound(py)))
+        });
+        self.run(py, events, false)?;
+        Ok(result)
+    }
+}
+
+#[pymethods]
+impl Dispatcher {
+    /// Make `handler` the one handler of commands of exactly `command_type`; returns it.
+    fn register_command_handler<'py>(
+        slf: &Bound<'py, Self>,
+        command_type: &Bound<'py, PyAny>,
+        handler: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let command_type = check_command_type(command_type)?;
+        if !handler.is_callable() {
+            let name = handler.get_type().qualname()?;
+            return Err(PyTypeError::new_err(format!(
+                "handler must be callable, not {name}"
+            )));
+        }
+        let py = slf.py();
+        let key = key_of(command_type);
+        slf.get().commands.update(|state| {
+            if let Some(existing) = state.table.get(&key) {
+                if existing.handler.bind(py).eq(handler)? {
+                    return Ok(None);
+                }
+                let error = helpers(py)?.call_method1(
+                    intern!(py, "duplicate_handler"),
+                    (command_type, existing.handler.bind(py), handler),
+                )?;
+                return Err(PyErr::from_value(error));
+            }
+            let bound = helpers(py)?.call_method1(
+                intern!(py, "bind"),
+                (
+                    dependencies_arg(py, &state.dependencies),
+                    handler,
+                    "command handler",
+                ),
+            )?;
+            let call = chain(py, &state.middleware, &bound)?;
+            let entry = CommandEntry {
+                command_type: command_type.clone().unbind(),
+                handler: handler.clone().unbind(),
+                bound: bound.unbind(),
+                call: call.unbind(),
+            };
+            let mut next = state.clone();
+            next.table.insert(key, Arc::new(entry));
+            Ok(Some(next))
+        })?;
+        Ok(handler.clone())
+    }
+
+    /// Decorator form of `register_command_handler`.
+    fn command_handler<'py>(
+        slf: &Bound<'py, Self>,
+        command_type: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let command_type = check_command_type(command_type)?;
+        let register = slf.getattr(intern!(py, "register_command_handler"))?;
+        py.import(intern!(py, "functools"))?
+            .getattr(intern!(py, "partial"))?
+            .call1((register, command_type))
+    }
+
+    /// Remove the handler of `command_type`; False if it had none.
+    fn unregister_command_handler(&self, command_type: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = key_of(check_command_type(command_type)?);
+        self.commands.update(|state| {
+            if !state.table.contains_key(&key) {
+                return Ok(None);
+            }
+            let mut next = state.clone();
+            next.table.remove(&key);
+            Ok(Some(next))
+        })
+    }
+
+    /// The handler commands of exactly `command_type` go to, or None.
+    fn command_handler_for<'py>(
+        &self,
+        command_type: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = command_type.py();
+        let key = key_of(check_command_type(command_type)?);
+        let state = self.commands.state.load();
+        Ok(state.table.get(&key).map(|e| e.handler.bind(py).clone()))
+    }
+
+    /// Provide dependencies for the handlers registered from now on.
+    #[pyo3(signature = (*by_type, **by_name))]
+    fn provide<'py>(
+        &self,
+        by_type: &Bound<'py, PyTuple>,
+        by_name: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<()> {
+        let py = by_type.py();
+        let by_name = match by_name {
+            Some(by_name) => by_name.clone(),
+            None => PyDict::new(py),
+        };
+        self.commands
+            .update(|state| {
+                let current = match &state.dependencies {
+                    Some(deps) => deps.bind(py).clone(),
+                    None => helpers(py)?.getattr(intern!(py, "Dependencies"))?.call0()?,
+                };
+                let provided =
+                    current.call_method1(intern!(py, "with_provided"), (by_type, &by_name))?;
+                Ok(Some(CommandState {
+                    dependencies: Some(Arc::new(provided.unbind())),
+                    ..state.clone()
+                }))
+            })
+            .map(drop)
+    }
+
+    /// Wrap every command handler in `middleware(command, call_next=...)`; returns it.
+    fn add_middleware<'py>(&self, middleware: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = middleware.py();
+        let helpers = helpers(py)?;
+        helpers.call_method1(intern!(py, "check_middleware"), (middleware,))?;
+        self.commands.update(|state| {
+            let skip = PyTuple::new(py, ["call_next"])?;
+            let layer = helpers.call_method1(
+                intern!(py, "bind"),
+                (
+                    dependencies_arg(py, &state.dependencies),
+                    middleware,
+                    "middleware",
+                    skip,
+                ),
+            )?;
+            let mut layers: Vec<Py<PyAny>> =
+                state.middleware.iter().map(|m| m.clone_ref(py)).collect();
+            layers.push(layer.unbind());
+            let mut table = HashMap::default();
+            for (key, entry) in state.table.iter() {
+                let bound = entry.bound.bind(py);
+                table.insert(
+                    *key,
+                    Arc::new(CommandEntry {
+                        command_type: entry.command_type.clone_ref(py),
+                        handler: entry.handler.clone_ref(py),
+                        bound: bound.clone().unbind(),
+                        call: chain(py, &layers, bound)?.unbind(),
+                    }),
+                );
+            }
+            Ok(Some(CommandState {
+                table,
+                dependencies: state.dependencies.clone(),
+                middleware: Arc::new(layers),
+            }))
+        })?;
+        Ok(middleware.clone())
+    }
+
+    /// Run the handler of `command`'s exact type and return its result.
+    fn execute<'py>(
+        slf: &Bound<'py, Self>,
+        command: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let py = slf.py();
+        // SAFETY: `command` is a live object, so its type pointer is valid while we hold it;
+        // the pointer is only used as the table's key (the entry holds the type it names).
+        let key = unsafe { ffi::Py_TYPE(command.as_ptr()) } as usize;
+        let state = this.commands.state.load();
+        let Some(entry) = state.table.get(&key) else {
+            return Err(Self::unknown_command(slf, command));
+        };
+        if this.nested == Nested::Queue && !nested::is_active(this.id) {
+            let entry = Arc::clone(entry);
+            drop(state);
+            return this.execute_outermost(py, &entry, command);
+        }
+        call_entry(py, entry, command)
+    }
+
+    /// Awaitable `execute`: an awaitable result is awaited (see `domainbus._commands`).
+    fn execute_async<'py>(
+        slf: &Bound<'py, Self>,
+        command: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        helpers(py)?.call_method1(intern!(py, "execute_async"), (slf, command))
+    }
+
+    /// (what to call, the user's handler) for `command`, or the error `execute` raises.
+    fn _command_route<'py>(
+        slf: &Bound<'py, Self>,
+        command: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let py = slf.py();
+        let key = command.get_type().as_ptr() as usize;
+        let state = slf.get().commands.state.load();
+        match state.table.get(&key) {
+            Some(entry) => Ok((
+                entry.call.bind(py).clone(),
+                entry.handler.bind(py).clone(),
+            )),
+            None => Err(Self::unknown_command(slf, command)),
+        }
+    }
+}
