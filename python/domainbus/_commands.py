@@ -158,14 +158,16 @@ class Dependencies:
                     continue
             if param.default is not _EMPTY:
                 continue
+            if isinstance(annotation, str):  # for the message only
+                annotation = _hints(handler).get(param.name, annotation)
             raise TypeError(self._missing(handler, role, param, annotation))
         return BoundHandler(handler, **bound) if bound else handler
 
     def _by_annotation(
         self, handler: object, role: str, name: str, annotation: object
     ) -> tuple[object] | None:
-        if not isinstance(annotation, type):
-            return None
+        if not isinstance(annotation, type) or annotation is object:
+            return None  # `object` matches everything: by name only
         matches = [value for value in self.by_type if isinstance(value, annotation)]
         if len(matches) > 1:
             kinds = ", ".join(type(value).__qualname__ for value in matches)
@@ -184,7 +186,8 @@ class Dependencies:
                 f"{role} {describe_handler(handler)}: positional-only parameter "
                 f"{param.name!r} cannot be given a dependency (make it a keyword parameter)"
             )
-        of_type = f" or of type {annotation.__qualname__}" if isinstance(annotation, type) else ""
+        typed = isinstance(annotation, type) and annotation is not object
+        of_type = f" or of type {annotation.__qualname__}" if typed else ""
         return (
             f"{role} {describe_handler(handler)} needs parameter {param.name!r}, but no "
             f"dependency named {param.name!r}{of_type} was provided "
