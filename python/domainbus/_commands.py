@@ -168,7 +168,10 @@ class Dependencies:
     ) -> tuple[object] | None:
         if not isinstance(annotation, type) or annotation is object:
             return None  # `object` matches everything: by name only
-        matches = [value for value in self.by_type if isinstance(value, annotation)]
+        try:
+            matches = [value for value in self.by_type if isinstance(value, annotation)]
+        except TypeError:  # a Protocol that is not runtime-checkable, say: by name only
+            return None
         if len(matches) > 1:
             kinds = ", ".join(type(value).__qualname__ for value in matches)
             raise TypeError(
