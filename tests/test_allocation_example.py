@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from allocation import adapters, bootstrap, domain, service  # noqa: E402
+from allocation import adapters, bootstrap, domain, service
 
 
 class Recorder(logging.Handler):

@@ -243,8 +243,7 @@ def test_execute_async_errors(make_dispatcher: Any) -> None:
     with pytest.raises(Boom) as info:
         asyncio.run(d.execute_async(Allocate("x")))
     assert info.value.__notes__ == [
-        f"domainbus: raised by command handler {__name__}.{async_failing.__qualname__} "
-        "for Allocate"
+        f"domainbus: raised by command handler {__name__}.{async_failing.__qualname__} for Allocate"
     ]
     coroutine = d.execute_async(Cancel("x"))  # the error comes when awaited, on both
     with pytest.raises(UnknownCommand):
@@ -432,7 +431,7 @@ def test_a_missing_dependency_is_an_error_at_registration(make_dispatcher: Any) 
     d.provide(other=1)
     with pytest.raises(TypeError, match="named 'notifications' or of type Notifications"):
         d.register_command_handler(Allocate, needs_notifications)
-    with pytest.raises(TypeError, match="handler .*needs_uow needs parameter 'uow'"):
+    with pytest.raises(TypeError, match=r"handler .*needs_uow needs parameter 'uow'"):
         d.register_handler(Noted, needs_uow)
     assert d.command_handler_for(Allocate) is None and d.handlers_for(Noted) == ()
 
@@ -515,7 +514,15 @@ def test_middleware_order_and_results(make_dispatcher: Any) -> None:
     d.register_command_handler(Cancel, lambda c: log.append("cancel") or "cancelled")
     assert d.execute(Allocate("x")) == "<batch-for-x>"
     assert d.execute(Cancel("y")) == "<cancelled>"
-    assert log == ["outer in", "inner in", "outer out", "outer in", "inner in", "cancel", "outer out"]
+    assert log == [
+        "outer in",
+        "inner in",
+        "outer out",
+        "outer in",
+        "inner in",
+        "cancel",
+        "outer out",
+    ]
 
 
 def test_middleware_can_short_circuit_and_errors_keep_the_note(make_dispatcher: Any) -> None:

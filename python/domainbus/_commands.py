@@ -189,8 +189,9 @@ class Dependencies:
                 f"{role} {describe_handler(handler)}: positional-only parameter "
                 f"{param.name!r} cannot be given a dependency (make it a keyword parameter)"
             )
-        typed = isinstance(annotation, type) and annotation is not object
-        of_type = f" or of type {annotation.__qualname__}" if typed else ""
+        of_type = ""
+        if isinstance(annotation, type) and annotation is not object:
+            of_type = f" or of type {annotation.__qualname__}"
         return (
             f"{role} {describe_handler(handler)} needs parameter {param.name!r}, but no "
             f"dependency named {param.name!r}{of_type} was provided "

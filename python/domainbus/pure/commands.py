@@ -70,6 +70,8 @@ from domainbus._commands import (
 if TYPE_CHECKING:
     import threading
 
+    from domainbus.pure.dispatcher import OnError
+
 __all__ = ["Commands"]
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -107,7 +109,7 @@ class Commands:
     _lock: threading.RLock
     _local: threading.local
     _nested: str
-    _on_error: Any
+    _on_error: OnError
     _command_table: dict[type, _Entry] = {}  # noqa: RUF012 (replaced, never mutated)
     _dependencies: Dependencies = Dependencies()
     _middleware: tuple[Callable[..., Any], ...] = ()
