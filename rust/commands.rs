@@ -28,6 +28,144 @@ struct CommandEntry {
     handler: Py<PyAny>,
     bound: Py<PyAny>,
     call: Py<PyAny>,
+    /// With no middleware: the handler and its dependencies, called with one vectorcall
+    /// (`handler(command, name=value, ...)`), not through the partial (whose keywords would
+    /// cost a dict copy per call).
+    direct: Option<Direct>,
+}
+
+struct Direct {
+    func: Py<PyAny>,
+    kwnames: Option<Py<PyTuple>>,
+    values: Box<[Py<PyAny>]>,
+}
+
+/// Dependencies up to this count are passed from a stack array.
+const STACK_ARGS: usize = 8;
+
+impl Direct {
+    /// Split a bound handler (`domainbus._commands.BoundHandler`, or the handler itself when
+    /// it needs nothing) into the function and its keyword arguments.
+    fn of(handler: &Bound<'_, PyAny>, bound: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = handler.py();
+        if bound.is(handler) {
+            return Ok(Self {
+                func: handler.clone().unbind(),
+                kwnames: None,
+                values: Box::new([]),
+            });
+        }
+        let keywords = bound
+            .getattr(intern!(py, "keywords"))?
+            .cast_into::<PyDict>()?;
+        let (mut names, mut values) = (Vec::new(), Vec::new());
+        for (name, value) in keywords.iter() {
+            names.push(name);
+            values.push(value.unbind());
+        }
+        Ok(Self {
+            func: bound.getattr(intern!(py, "func"))?.unbind(),
+            kwnames: Some(PyTuple::new(py, names)?.unbind()),
+            values: values.into_boxed_slice(),
+        })
+    }
+
+    /// `func(command, **dependencies)` with one vectorcall.
+    #[inline(always)]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        command: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.values.len();
+        if n == 0 {
+            let mut args = [std::ptr::null_mut(), command.as_ptr()];
+            // SAFETY: GIL held; `args[1]` is the live command, `args[0]` writable scratch as
+            // PY_VECTORCALL_ARGUMENTS_OFFSET allows; `func` is owned by the entry.
+            let raw = unsafe {
+                ffi::PyObject_Vectorcall(
+                    self.func.as_ptr(),
+                    args.as_mut_ptr().add(1),
+                    1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                    std::ptr::null_mut(),
+                )
+            };
+            // SAFETY: `raw` is a new reference, or NULL with an exception set.
+            return unsafe { Bound::from_owned_ptr_or_err(py, raw) };
+        }
+        let kwnames = self
+            .kwnames
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |k| k.as_ptr());
+        let nargsf = 1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET;
+        let raw = if n < STACK_ARGS {
+            // slot 0 is free for the callee (PY_VECTORCALL_ARGUMENTS_OFFSET), then the command
+            // and the dependencies' values
+            let mut args = [std::ptr::null_mut(); STACK_ARGS + 2];
+            args[1] = command.as_ptr();
+            for (slot, value) in args[2..].iter_mut().zip(self.values.iter()) {
+                *slot = value.as_ptr();
+            }
+            // SAFETY: GIL held; `args[1..n + 2]` are borrowed live objects (the command, and
+            // values the entry owns for the duration of the call), `args[0]` is writable
+            // scratch as the offset flag allows; `kwnames` is a tuple of `n` strings or NULL.
+            unsafe {
+                ffi::PyObject_Vectorcall(
+                    self.func.as_ptr(),
+                    args.as_mut_ptr().add(1),
+                    nargsf,
+                    kwnames,
+                )
+            }
+        } else {
+            let mut args = Vec::with_capacity(n + 2);
+            args.push(std::ptr::null_mut());
+            args.push(command.as_ptr());
+            args.extend(self.values.iter().map(|v| v.as_ptr()));
+            // SAFETY: as above, with the arguments on the heap.
+            unsafe {
+                ffi::PyObject_Vectorcall(
+                    self.func.as_ptr(),
+                    args.as_mut_ptr().add(1),
+                    nargsf,
+                    kwnames,
+                )
+            }
+        };
+        // SAFETY: `raw` is a new reference, or NULL with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(py, raw) }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        visit.call(&self.kwnames)?;
+        for value in self.values.iter() {
+            visit.call(value)?;
+        }
+        Ok(())
+    }
+}
+
+impl CommandEntry {
+    fn new(
+        command_type: &Bound<'_, PyType>,
+        handler: &Bound<'_, PyAny>,
+        bound: &Bound<'_, PyAny>,
+        middleware: &[Py<PyAny>],
+    ) -> PyResult<Self> {
+        let py = handler.py();
+        let direct = match middleware.is_empty() {
+            true => Some(Direct::of(handler, bound)?),
+            false => None,
+        };
+        Ok(Self {
+            command_type: command_type.clone().unbind(),
+            handler: handler.clone().unbind(),
+            bound: bound.clone().unbind(),
+            call: chain(py, middleware, bound)?.unbind(),
+            direct,
+        })
+    }
 }
 
 /// An immutable state of the command half; replaced whole on every change. The parts are
@@ -90,6 +228,9 @@ impl CommandRegistry {
             visit.call(&entry.handler)?;
             visit.call(&entry.bound)?;
             visit.call(&entry.call)?;
+            if let Some(direct) = &entry.direct {
+                direct.traverse(visit)?;
+            }
         }
         if let Some(dependencies) = &state.dependencies {
             visit.call(&**dependencies)?;
@@ -209,7 +350,11 @@ fn call_entry<'py>(
     entry: &CommandEntry,
     command: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match entry.call.bind(py).call1((command,)) {
+    let outcome = match &entry.direct {
+        Some(direct) => direct.call(py, command),
+        None => entry.call.bind(py).call1((command,)),
+    };
+    match outcome {
         Ok(result) if !is_coroutine(&result) => Ok(result),
         Ok(coroutine) => Err(command_failure(
             py,
@@ -327,13 +472,7 @@ impl Dispatcher {
                     "command handler",
                 ),
             )?;
-            let call = chain(py, &state.middleware, &bound)?;
-            let entry = CommandEntry {
-                command_type: command_type.clone().unbind(),
-                handler: handler.clone().unbind(),
-                bound: bound.unbind(),
-                call: call.unbind(),
-            };
+            let entry = CommandEntry::new(command_type, handler, &bound, &state.middleware)?;
             let mut next = state.clone();
             next.table.insert(key, Arc::new(entry));
             Ok(Some(next))
@@ -427,16 +566,13 @@ impl Dispatcher {
             layers.push(layer.unbind());
             let mut table = HashMap::default();
             for (key, entry) in state.table.iter() {
-                let bound = entry.bound.bind(py);
-                table.insert(
-                    *key,
-                    Arc::new(CommandEntry {
-                        command_type: entry.command_type.clone_ref(py),
-                        handler: entry.handler.clone_ref(py),
-                        bound: bound.clone().unbind(),
-                        call: chain(py, &layers, bound)?.unbind(),
-                    }),
-                );
+                let entry = CommandEntry::new(
+                    entry.command_type.bind(py),
+                    entry.handler.bind(py),
+                    entry.bound.bind(py),
+                    &layers,
+                )?;
+                table.insert(*key, Arc::new(entry));
             }
             Ok(Some(CommandState {
                 table,
@@ -487,10 +623,7 @@ impl Dispatcher {
         let key = command.get_type().as_ptr() as usize;
         let state = slf.get().commands.state.load();
         match state.table.get(&key) {
-            Some(entry) => Ok((
-                entry.call.bind(py).clone(),
-                entry.handler.bind(py).clone(),
-            )),
+            Some(entry) => Ok((entry.call.bind(py).clone(), entry.handler.bind(py).clone())),
             None => Err(Self::unknown_command(slf, command)),
         }
     }
