@@ -14,6 +14,7 @@ use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 use pyo3::PyTraverseError;
 use rustc_hash::FxHashMap as HashMap;
@@ -256,8 +257,16 @@ impl CommandRegistry {
     }
 }
 
+/// `domainbus._commands`, imported once (registration calls into it for every handler).
+static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
 fn helpers(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    py.import(intern!(py, "domainbus._commands"))
+    HELPERS
+        .get_or_try_init(py, || {
+            py.import(intern!(py, "domainbus._commands"))
+                .map(Bound::unbind)
+        })
+        .map(|module| module.bind(py).clone())
 }
 
 fn dependencies_arg<'py>(py: Python<'py>, deps: &Option<Arc<Py<PyAny>>>) -> Bound<'py, PyAny> {
