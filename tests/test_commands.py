@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import traceback
 import warnings
 import weakref
@@ -576,3 +577,39 @@ def test_a_dispatcher_in_a_cycle_with_its_handlers_is_collected(make_dispatcher:
     del d
     gc.collect()
     assert ref() is None
+
+
+def test_threads_execute_while_others_register(make_dispatcher: Any) -> None:
+    """Executing from several threads while another (un)registers never crashes or mixes up
+    handlers: every execute returns its own handler's result or raises UnknownCommand."""
+    d = make_dispatcher()
+    d.register_command_handler(Allocate, allocate)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            d.register_command_handler(Cancel, lambda c: "cancelled")
+            d.unregister_command_handler(Cancel)
+
+    def work() -> None:
+        try:
+            for i in range(2_000):
+                assert d.execute(Allocate(str(i))) == f"batch-for-{i}"
+                try:
+                    assert d.execute(Cancel("x")) == "cancelled"
+                except UnknownCommand:
+                    pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    churner = threading.Thread(target=churn)
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    churner.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    churner.join()
+    assert errors == []
