@@ -180,10 +180,32 @@ struct CommandState {
     middleware: Arc<Vec<Py<PyAny>>>,
 }
 
+/// What `execute` finds in the read mirror: one entry of the current state. Not a GC
+/// container on purpose: the entry's objects are reported once, by the Dispatcher, through
+/// the state that holds the same entry.
+#[pyclass(frozen, module = "domainbus.rust", name = "_CommandRoute")]
+pub struct CommandRoute {
+    entry: Arc<CommandEntry>,
+}
+
 /// The `commands` field of `Dispatcher`: command handlers, dependencies and middleware.
-#[derive(Default)]
+///
+/// `state` is the truth, replaced whole on every change (lock-free, like the event registry).
+/// `routes` mirrors its table as a dict {command type: CommandRoute} for `execute`: a dict
+/// lookup under the GIL costs less than an ArcSwap load (thread-local debt slots) on this hot
+/// path. Every publish re-syncs the mirror before returning.
 pub struct CommandRegistry {
     state: ArcSwap<CommandState>,
+    routes: Py<PyDict>,
+}
+
+impl Default for CommandRegistry {
+    fn default() -> Self {
+        Self {
+            state: ArcSwap::default(),
+            routes: Python::attach(|py| PyDict::new(py).unbind()),
+        }
+    }
 }
 
 impl CommandRegistry {
@@ -200,29 +222,59 @@ impl CommandRegistry {
             };
             let previous = self.state.compare_and_swap(&current, Arc::new(next));
             if Arc::ptr_eq(&previous, &current) {
+                Python::attach(|py| self.sync(py))?;
                 return Ok(true);
             }
         }
     }
 
+    /// Make `routes` show the current table. Keys are overwritten or deleted one by one (a
+    /// command that stays registered never disappears from the mirror), and the whole pass is
+    /// redone if another thread published while it ran (dropping old routes may run Python).
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        let routes = self.routes.bind(py);
+        loop {
+            let state = self.state.load_full();
+            for entry in state.table.values() {
+                let route = CommandRoute {
+                    entry: Arc::clone(entry),
+                };
+                routes.set_item(entry.command_type.bind(py), route)?;
+            }
+            let stale: Vec<_> = routes
+                .keys()
+                .iter()
+                .filter(|key| !state.table.contains_key(&(key.as_ptr() as usize)))
+                .collect();
+            for key in stale {
+                routes.del_item(key)?;
+            }
+            if Arc::ptr_eq(&state, &self.state.load()) {
+                return Ok(());
+            }
+        }
+    }
+
     /// `clear()`: every command handler goes; dependencies and middleware stay.
-    pub(crate) fn clear_handlers(&self) {
-        // the closure never fails
-        let _ = self.update(|state| {
+    pub(crate) fn clear_handlers(&self) -> PyResult<()> {
+        self.update(|state| {
             Ok((!state.table.is_empty()).then(|| CommandState {
                 table: HashMap::default(),
                 ..state.clone()
             }))
-        });
+        })
+        .map(drop)
     }
 
     /// The GC's `__clear__`: drop every Python object held.
     pub(crate) fn clear_all(&self) {
         self.state.store(Arc::new(CommandState::default()));
+        Python::attach(|py| self.routes.bind(py).clear());
     }
 
     /// Report every Python object the current state holds.
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.routes)?;
         let state = self.state.load();
         for entry in state.table.values() {
             visit.call(&entry.command_type)?;
@@ -443,6 +495,99 @@ impl Dispatcher {
         self.run(py, events, false)?;
         Ok(result)
     }
+    /// `execute`: one exact-type lookup, then one vectorcall (see `install_execute`).
+    #[inline(always)]
+    fn execute_impl<'py>(
+        slf: &Bound<'py, Self>,
+        command: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let py = slf.py();
+        // SAFETY: `command` is a live object, so its type pointer is valid while we hold it.
+        let command_type = unsafe { ffi::Py_TYPE(command.as_ptr()) };
+        let routes = this.commands.routes.bind(py);
+        // SAFETY: GIL held; `routes` is a live dict and the type a live object; the result is
+        // a borrowed reference (or NULL), turned into an owned one at once, so the route stays
+        // alive through the call even if the handler unregisters itself.
+        let route = unsafe {
+            let raw = ffi::PyDict_GetItemWithError(routes.as_ptr(), command_type.cast());
+            if raw.is_null() {
+                if let Some(err) = PyErr::take(py) {
+                    return Err(err);
+                }
+                return Err(Self::unknown_command(slf, command));
+            }
+            // only CommandRoute objects are ever stored in `routes`
+            Bound::from_borrowed_ptr(py, raw).cast_into_unchecked::<CommandRoute>()
+        };
+        let entry = &route.get().entry;
+        if this.nested == Nested::Queue && !nested::is_active(this.id) {
+            return this.execute_outermost(py, entry, command);
+        }
+        call_entry(py, entry, command)
+    }
+}
+
+/// `Dispatcher.execute` as a METH_O method: CPython calls it with the command directly, with
+/// none of the argument parsing of a `#[pymethods]` method (the difference is measurable next
+/// to a handler call, which is all `execute` otherwise costs).
+unsafe extern "C" fn execute_o(
+    slf: *mut ffi::PyObject,
+    command: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a METH_O method with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: both pointers are borrowed, live objects for the duration of the call; the
+        // method descriptor checked that `slf` is an instance of Dispatcher (or a subclass).
+        let (slf, command) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Dispatcher>(),
+                Bound::from_borrowed_ptr(py, command),
+            )
+        };
+        Dispatcher::execute_impl(&slf, &command)
+    }));
+    match outcome {
+        Ok(Ok(result)) => result.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            pyo3::panic::PanicException::new_err("domainbus: execute panicked").restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+struct MethodDef(ffi::PyMethodDef);
+// SAFETY: the definition is immutable static data (pointers to static C strings and a
+// function); CPython only reads it.
+unsafe impl Sync for MethodDef {}
+
+static EXECUTE: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"execute".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunction: execute_o,
+    },
+    ml_flags: ffi::METH_O,
+    ml_doc: c"execute($self, command, /)\n--\n\nRun the handler of `command`'s exact type and return its result.".as_ptr(),
+});
+
+/// Put the METH_O `execute` on the Dispatcher class (called once, at module import).
+pub(crate) fn install_execute(py: Python<'_>) -> PyResult<()> {
+    let class = py.get_type::<Dispatcher>();
+    // SAFETY: `class` is the live Dispatcher type; EXECUTE is static, so it outlives the
+    // descriptor (CPython never writes through the pointer).
+    let descriptor = unsafe {
+        let raw = ffi::PyDescr_NewMethod(
+            class.as_type_ptr(),
+            std::ptr::addr_of!(EXECUTE.0).cast_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, raw)?
+    };
+    class.setattr(intern!(py, "execute"), descriptor)
 }
 
 #[pymethods]
@@ -590,28 +735,6 @@ impl Dispatcher {
             }))
         })?;
         Ok(middleware.clone())
-    }
-
-    /// Run the handler of `command`'s exact type and return its result.
-    fn execute<'py>(
-        slf: &Bound<'py, Self>,
-        command: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        let py = slf.py();
-        // SAFETY: `command` is a live object, so its type pointer is valid while we hold it;
-        // the pointer is only used as the table's key (the entry holds the type it names).
-        let key = unsafe { ffi::Py_TYPE(command.as_ptr()) } as usize;
-        let state = this.commands.state.load();
-        let Some(entry) = state.table.get(&key) else {
-            return Err(Self::unknown_command(slf, command));
-        };
-        if this.nested == Nested::Queue && !nested::is_active(this.id) {
-            let entry = Arc::clone(entry);
-            drop(state);
-            return this.execute_outermost(py, &entry, command);
-        }
-        call_entry(py, entry, command)
     }
 
     /// Awaitable `execute`: an awaitable result is awaited (see `domainbus._commands`).

@@ -378,7 +378,7 @@ impl Dispatcher {
 
     /// Remove every registration.
     fn clear(&self) -> PyResult<()> {
-        self.commands.clear_handlers();
+        self.commands.clear_handlers()?;
         self.update(|snapshot| Ok((!snapshot.registry.is_empty()).then(Registry::default)))
             .map(drop)
     }

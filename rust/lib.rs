@@ -27,6 +27,7 @@ mod registry;
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dispatcher::Dispatcher>()?;
+    commands::install_execute(m.py())?; // Dispatcher.execute as a METH_O method
     m.add_class::<dispatcher::HandlerDecorator>()?;
     m.add_class::<async_plan::Planned>()?;
     m.add_class::<awaiting::AsyncDispatch>()?;

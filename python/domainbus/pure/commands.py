@@ -190,7 +190,7 @@ class Commands:
 
     # -- execute -----------------------------------------------------------------------------
 
-    def execute(self, command: object) -> Any:
+    def execute(self, command: object, /) -> Any:
         """Run the handler of `command`'s exact type and return its result (rules 2, 3, 5)."""
         entry = self._command_table.get(type(command))
         if entry is None:
