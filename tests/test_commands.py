@@ -613,3 +613,22 @@ def test_threads_execute_while_others_register(make_dispatcher: Any) -> None:
     stop.set()
     churner.join()
     assert errors == []
+
+
+def test_middleware_around_an_async_handler(make_dispatcher: Any) -> None:
+    d = make_dispatcher()
+    log: list[str] = []
+
+    def around(command: Any, call_next: Any) -> Any:
+        log.append("in")
+        return call_next(command)  # the coroutine: execute_async awaits it
+
+    async def async_handler(command: Allocate) -> str:
+        await asyncio.sleep(0)
+        log.append("handled")
+        return command.sku
+
+    d.add_middleware(around)
+    d.register_command_handler(Allocate, async_handler)
+    assert asyncio.run(d.execute_async(Allocate("x"))) == "x"
+    assert log == ["in", "handled"]
