@@ -15,6 +15,7 @@ use pyo3::{intern, PyTraverseError};
 
 use crate::async_plan::{async_driver, Planned};
 use crate::awaiting::AsyncDispatch;
+use crate::commands::CommandRegistry;
 use crate::errors::Policy;
 use crate::registry::{Registration, Registry, Snapshot};
 
@@ -58,6 +59,8 @@ pub struct Dispatcher {
     /// Bumped after every published registry change; the dispatch loop polls it per event.
     pub(crate) version: AtomicU64,
     next_seq: AtomicU64,
+    /// Command handlers, dependencies and middleware (rust/commands.rs).
+    pub(crate) commands: CommandRegistry,
 }
 
 /// `priority`, `once` and `weak`, checked with the same messages as the pure backend.
@@ -254,6 +257,7 @@ impl Dispatcher {
             state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
+            commands: CommandRegistry::default(),
         })
     }
 
@@ -295,7 +299,8 @@ impl Dispatcher {
             )));
         }
         let options = Options::parse("register_handler", options)?;
-        let target = Self::make_target(slf, handler, options.weak)?;
+        let bound = slf.get().commands.inject(handler, options.weak)?; // its dependencies
+        let target = Self::make_target(slf, &bound, options.weak)?;
         let this = slf.get();
         let py = slf.py();
         let mut seq = None;
@@ -373,6 +378,7 @@ impl Dispatcher {
 
     /// Remove every registration.
     fn clear(&self) -> PyResult<()> {
+        self.commands.clear_handlers()?;
         self.update(|snapshot| Ok((!snapshot.registry.is_empty()).then(Registry::default)))
             .map(drop)
     }
@@ -464,10 +470,12 @@ impl Dispatcher {
             visit.call(callback)?;
         }
         visit.call(&config.on_unhandled)?;
+        self.commands.traverse(&visit)?;
         self.state.load().traverse(&visit)
     }
 
     fn __clear__(&self) {
+        self.commands.clear_all();
         self.config.store(Arc::new(Config::empty()));
         self.state
             .store(Arc::new(Snapshot::new(Registry::default())));

@@ -2,6 +2,7 @@
 //!
 //! - `registry`: immutable registry snapshots and the MRO resolution cache (the routing table);
 //! - `dispatcher`: the `Dispatcher` class and its registry API;
+//! - `commands`: `execute` and the command table, dependencies and middleware;
 //! - `dispatch`: the dispatch loop (batches, nested modes, error policies);
 //! - `nested`: per-thread FIFOs of `nested="queue"` dispatchers;
 //! - `errors`: error notes and the ExceptionGroup of "collect";
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 
 mod async_plan;
 mod awaiting;
+mod commands;
 mod dispatch;
 mod dispatcher;
 mod errors;
@@ -25,6 +27,7 @@ mod registry;
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dispatcher::Dispatcher>()?;
+    commands::install_execute(m.py())?; // Dispatcher.execute as a METH_O method
     m.add_class::<dispatcher::HandlerDecorator>()?;
     m.add_class::<async_plan::Planned>()?;
     m.add_class::<awaiting::AsyncDispatch>()?;

@@ -20,6 +20,7 @@ from domainbus.errors import (
     DecodeError,
     DomainbusError,
     QueueClosed,
+    UnknownCommand,
 )
 from domainbus.events import DomainEvent
 from domainbus.outbox import idempotent
@@ -38,6 +39,7 @@ __all__ = [
     "DomainbusError",
     "QueueClosed",
     "UnitOfWork",
+    "UnknownCommand",
     "__version__",
     "idempotent",
 ]

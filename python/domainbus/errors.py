@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "ConcurrencyError", "DecodeError", "DomainbusError", "QueueClosed"]
+__all__ = [
+    "BackendError",
+    "ConcurrencyError",
+    "DecodeError",
+    "DomainbusError",
+    "QueueClosed",
+    "UnknownCommand",
+]
 
 
 class DomainbusError(Exception):
@@ -86,3 +93,18 @@ class ConcurrencyError(DomainbusError):
             f"stream {self.stream_id!r} is at version {self.actual}, "
             f"not the expected {self.expected}: another writer appended first"
         )
+
+
+class UnknownCommand(DomainbusError, LookupError):
+    """`execute` of a command whose exact type has no command handler; nothing was called.
+
+    `command_type` is the command's class. Commands are routed by exact type, so the message
+    also names a base class's handler when one exists (it is not used for subclasses).
+    """
+
+    def __init__(self, command_type: type, message: str) -> None:
+        self.command_type = command_type
+        super().__init__(command_type, message)
+
+    def __str__(self) -> str:
+        return str(self.args[1])

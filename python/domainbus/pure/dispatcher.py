@@ -48,6 +48,7 @@ from typing import Any, Literal, TypeVar
 
 from domainbus._async import dispatch_async
 from domainbus._notes import describe_handler, failure_note, set_batch_index
+from domainbus.pure.commands import Commands
 
 __all__ = ["Dispatcher"]
 
@@ -121,7 +122,7 @@ def _check_event_type(event_type: object) -> None:
         raise TypeError(f"event_type must be a class, not {type(event_type).__qualname__}")
 
 
-class Dispatcher:
+class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pure.commands
     """Routes events to the handlers registered for their class or any base class.
 
     `on_error`: "raise" (default) lets a handler's exception propagate unchanged, with a note
@@ -197,7 +198,7 @@ class Dispatcher:
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__qualname__}")
         _check_options(priority, once, weak)
-        target: Any = handler
+        target: Any = self._inject(handler, weak)  # its dependencies (pure/commands.py)
         if weak:
             ref_type = weakref.WeakMethod if isinstance(handler, MethodType) else weakref.ref
             target = ref_type(handler, self._reap)
@@ -245,6 +246,7 @@ class Dispatcher:
         """Remove every registration."""
         with self._lock:
             self._publish({})
+            self._clear_commands()
 
     def _publish(self, registry: dict[type, tuple[_Registration, ...]]) -> None:
         self._state = _State(registry)
