@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="dispatch a few events to the article's handlers"
     ).set_defaults(handler=cmd_demo)
     commands.add_parser("bench", help="run the benchmarks (domainbus bench --help)")
+    from domainbus.redis.cli import add_commands as add_redis_commands  # imports no redis-py
+
+    add_redis_commands(commands)
     return parser
 
 
