@@ -46,6 +46,8 @@ from domainbus.redis.entries import (
 
 __all__ = ["PublishError", "RedisPublisher"]
 
+_CACHE_SIZE = 100_000  # keys whose partition is remembered (the cache is cleared beyond)
+
 
 class PublishError(DomainbusError):
     """Redis did not acknowledge every XADD of a batch. `batch_index` (set only when known):
@@ -92,6 +94,7 @@ class RedisPublisher:
         self.key: KeyFunction = default_key if key is None else key
         self._names = [partition_key(stream, p) for p in range(partitions)]
         self._checked = False
+        self._cache: dict[object, int] = {}  # str and int keys -> partition
 
     def __repr__(self) -> str:
         return f"RedisPublisher(stream={self.stream!r}, partitions={self.partitions})"
@@ -152,14 +155,31 @@ class RedisPublisher:
         self._checked = True
 
     def _partitions_of(self, events: list[Any]) -> list[int]:
-        key, count, crc = self.key, self.partitions, zlib.crc32
+        """The partition of each event; partitions of repeated keys come from a small cache."""
+        key = self.key
         if key is default_key:
-            return [
-                crc(key_bytes(e.event_id if (k := getattr(e, "aggregate_id", None)) is None else k))
-                % count
-                for e in events
+            keys = [
+                e.event_id if (k := getattr(e, "aggregate_id", None)) is None else k for e in events
             ]
-        return [crc(key_bytes(key(e))) % count for e in events]
+        else:
+            keys = list(map(key, events))
+        cache = self._cache
+        try:
+            return [cache[k] for k in keys]  # the usual case: aggregates seen before
+        except (KeyError, TypeError):
+            pass
+        count, crc = self.partitions, zlib.crc32
+        if len(cache) > _CACHE_SIZE:
+            cache.clear()
+        partitions = []
+        for k in keys:
+            partition = cache.get(k) if isinstance(k, str | int) else None
+            if partition is None:
+                partition = crc(key_bytes(k)) % count
+                if isinstance(k, str | int):  # not event ids: they never come back
+                    cache[k] = partition
+            partitions.append(partition)
+        return partitions
 
     def _group(self, events: list[Any]) -> list[list[Any]]:
         groups: list[list[Any]] = [[] for _ in range(self.partitions)]

@@ -229,7 +229,7 @@ class RedisWorker:
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        previous = {}
+        previous: dict[int, Any] = {}
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if signum == signal.SIGINT and self._stopping.is_set():
