@@ -235,3 +235,19 @@ def test_partitions_must_agree_and_bad_options_are_named(r: redis.Redis) -> None
         RedisWorker(r, object(), codec=CODEC)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_deliveries must be an int >= 1"):
         RedisWorker(r, bad.dispatcher, codec=CODEC, max_deliveries=0)
+
+
+def test_the_readme_example_runs(r: redis.Redis, redis_server: Any) -> None:
+    """The `py` block of the README's Redis section (not run by test_readme: it needs Redis)."""
+    import re
+    from pathlib import Path
+
+    from domainbus import demo
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Scale out: Redis Streams workers") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```py\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1
+    namespace = {"REDIS_URL": redis_server.url, "UserRegistered": demo.UserRegistered}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)

@@ -104,7 +104,9 @@ class RedisWorker:
     `consumer` must be unique among the group's live workers (default: host name and pid).
     `read_count`: entries read per partition per XREADGROUP. `lease_ms`: how long a dead
     worker's partitions wait before others take them over. `report(stats)` is called every
-    `report_every` seconds.
+    `report_every` seconds. `freeze_gc`: `gc.freeze()` while running (undone at the end), so
+    the collector does not walk the start-up objects again and again (2 workers ran at
+    1.2-2.0M instead of 2.1-2.65M events/s without it in a prototype).
     """
 
     def __init__(
@@ -180,10 +182,15 @@ class RedisWorker:
                 return self.stats(0.0, lag=None)  # stopped before Redis could be reached
             assert self._leases is not None
             self._leases.start_heartbeat()
-            if self.freeze_gc:  # the loop's garbage is short-lived: spare the GC the rest
+            froze = self.freeze_gc and gc.get_freeze_count() == 0
+            if froze:  # the loop's garbage is short-lived: spare the GC the start-up objects
                 gc.collect()
                 gc.freeze()
-            self._loop()
+            try:
+                self._loop()
+            finally:
+                if froze:
+                    gc.unfreeze()
         finally:
             for signum, handler in restore.items():
                 signal.signal(signum, handler)
