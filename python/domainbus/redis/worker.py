@@ -73,8 +73,9 @@ class BatchDispatcher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class WorkerStats:
-    """A progress report: totals since start, the rate since the last report, the group's lag
-    (entries of the held partitions' streams not yet read by the group; None: unknown)."""
+    """A progress report: totals since start (deliveries: a redelivered entry counts again),
+    the rate since the last report, the group's lag (entries of all the stream's partitions
+    the group has not read yet, from XINFO GROUPS; None: unknown), the partitions held."""
 
     consumer: str
     events: int
