@@ -12,7 +12,9 @@ The loop (one thread; leases are renewed by a heartbeat thread, see `leases`):
    is a frame of events, decoded with one codec call and handed to `dispatcher.dispatch_batch`.
 3. An entry is acknowledged (XACK) only after its dispatch returned; the acknowledgements are
    sent in one pipeline with the next XREADGROUP. Extra leases (when workers joined) are given
-   up between batches, after their entries were acknowledged.
+   up between batches, after their entries were acknowledged. Every `lease_ms` the worker
+   checks that it has no unacknowledged entry left of a partition it reads (a client that
+   retried a read whose reply was lost leaves one) and recovers that partition if it has.
 
 Delivery is at least once: a crash after a dispatch and before its XACK delivers the frame
 again; `idempotent` handlers make it effectively once. When a handler raises, the partition
@@ -165,6 +167,7 @@ class RedisWorker:
         self._acks: dict[int, list[bytes]] = {}  # partition -> handled, not yet acknowledged
         self._recovered: set[int] = set()
         self._retry_at: dict[int, float] = {}
+        self._next_self_check = 0.0
 
     def __repr__(self) -> str:
         return f"RedisWorker(stream={self.stream!r}, group={self.group!r}, {self.consumer!r})"
@@ -316,6 +319,8 @@ class RedisWorker:
             if self._retry_at.get(p, 0.0) <= now and not self._stopping.is_set():
                 self._recover(p)
         readable = sorted(held & self._recovered)
+        if readable and now >= self._next_self_check:
+            readable = self._check_own_pending(readable)
         if not readable:
             self._flush_acks()
             leases.changed.clear()
@@ -339,6 +344,22 @@ class RedisWorker:
                 except _Failed:
                     self._pause(partition)
                     break
+
+    def _check_own_pending(self, readable: list[int]) -> list[int]:
+        """Between batches this worker has no unacknowledged entry of a partition it reads;
+        if it has (a client that retried a read whose reply was lost), recover the partition
+        so the entry is handled, in order, before newer ones. Runs every `lease_ms`."""
+        self._next_self_check = time.monotonic() + self.lease_ms / 1000
+        self._flush_acks()
+        pipe = self.client.pipeline(transaction=False)
+        for p in readable:
+            pipe.xpending_range(self._keys[p], self.group, "-", "+", 1, self.consumer)
+        stuck = [p for p, found in zip(readable, pipe.execute(), strict=True) if found]
+        for p in stuck:
+            log.warning("domainbus worker %s: %s has unacknowledged entries of this worker; "
+                        "recovering it", self.consumer, self._keys[p])  # fmt: skip
+            self._recovered.discard(p)
+        return [p for p in readable if p not in stuck]
 
     def _recover(self, partition: int) -> None:
         """Claim and handle the partition's pending entries, in order, before new ones."""
