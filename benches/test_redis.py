@@ -163,7 +163,9 @@ def consume(kind: str, url: str, stream: str, consumer: str, mode: str) -> None:
             partitions=PARTITIONS, heartbeat_s=0.05, block_ms=100,
         )  # fmt: skip
         client.set(ready, 1)
+        cpu = time.process_time()
         worker.run()
+        client.set(f"bench:cpu:{stream}:{consumer}", time.process_time() - cpu)
     elif kind == "raw":
         decode = CODEC.decode
         try:
@@ -171,6 +173,7 @@ def consume(kind: str, url: str, stream: str, consumer: str, mode: str) -> None:
         except redis.ResponseError:
             pass
         client.set(ready, 1)
+        cpu = time.process_time()
         stopping: list[int] = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
         handle = lambda event: None  # noqa: E731
@@ -180,6 +183,7 @@ def consume(kind: str, url: str, stream: str, consumer: str, mode: str) -> None:
                 for _, fields in entries:
                     handle(decode(fields[b"data"]))
                 client.xack(stream, "g", *[entry_id for entry_id, _ in entries])
+        client.set(f"bench:cpu:{stream}:{consumer}", time.process_time() - cpu)
     else:
         from faststream import FastStream
         from faststream.redis import RedisBroker, StreamSub
@@ -207,7 +211,13 @@ def consume(kind: str, url: str, stream: str, consumer: str, mode: str) -> None:
         @app.after_startup
         async def started() -> None:
             client.set(ready, 1)
+            cpu.append(time.process_time())
 
+        @app.after_shutdown
+        async def stopped() -> None:
+            client.set(f"bench:cpu:{stream}:{consumer}", time.process_time() - cpu[0])
+
+        cpu: list[float] = []
         asyncio.run(app.run())
 
 
@@ -255,6 +265,8 @@ class Measured:
     events: int
     seconds: float  # publish start (or consumer start, drain) to the last acknowledgement
     publish_seconds: float
+    consumer_cpu: float  # CPU seconds of the consumer processes once ready (sum)
+    publish_cpu: float  # CPU seconds of this process publishing
 
     @property
     def rate(self) -> float:
@@ -280,9 +292,10 @@ def measure(system: System, url: str, events: list[Placed], *, drain: bool = Fal
         if not drain:
             start_consumers()
             wait_until(lambda: consumers_ready(client, system), system.name, processes)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         publish(system, client, events)
         publish_seconds = time.perf_counter() - started
+        publish_cpu = time.process_time() - cpu
         if drain:
             started = time.perf_counter()
             start_consumers()
@@ -298,8 +311,10 @@ def measure(system: System, url: str, events: list[Placed], *, drain: bool = Fal
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        found = client.mget([f"bench:cpu:{system.name}:c{i}" for i in range(system.workers)])
+        consumer_cpu = sum(float(c) for c in found if c is not None)
         client.close()
-    return Measured(system.name, len(events), seconds, publish_seconds)
+    return Measured(system.name, len(events), seconds, publish_seconds, consumer_cpu, publish_cpu)
 
 
 @contextlib.contextmanager
@@ -325,18 +340,26 @@ def events_for(system: System, count: int, peer_events: int, faststream_events: 
 _RESULTS: dict[str, list[Measured]] = {}
 
 
+class _Summary:
+    """A plugin printing this module's tables at the end of the run."""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not _RESULTS:
+            return
+        terminalreporter.section("domainbus Redis Streams (this run)")
+        for mode, results in _RESULTS.items():
+            terminalreporter.write_line(MODES[mode])
+            for line in table(results):
+                terminalreporter.write_line("  " + line)
+
+
 @pytest.fixture(scope="module")
 def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     pytest.importorskip("redis")
+    if not request.config.pluginmanager.has_plugin("domainbus-redis-summary"):
+        request.config.pluginmanager.register(_Summary(), "domainbus-redis-summary")
     with redis_server() as url:
         yield url
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and _RESULTS:
-        reporter.section("domainbus Redis Streams (this run)")
-        for mode, results in _RESULTS.items():
-            reporter.write_line(MODES[mode])
-            for line in table(results):
-                reporter.write_line("  " + line)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -374,17 +397,33 @@ def table(results: list[Measured]) -> list[str]:
     for r in results:
         ratios = [
             f"{r.rate / by_name[other].rate:6.1f}x {other}"
+            + (
+                f" ({by_name[other].consumer_cpu / by_name[other].events / cpu:.1f}x less "
+                "consumer CPU an event)"
+                if (cpu := r.consumer_cpu / r.events) > 0 and by_name[other].consumer_cpu > 0
+                else ""
+            )
             for other in ("faststream-batch", "faststream", "raw")
             if other in by_name and other != r.system
         ]
         lines.append(
             f"{r.system:17} {r.events:>10,} events {r.seconds:7.2f} s {r.rate:>12,.0f} events/s "
-            f"(publishing {r.publish_seconds:.2f} s)  " + ", ".join(ratios)
+            f"(publishing {r.publish_seconds:.2f} s; CPU per event: publish "
+            f"{r.publish_cpu / r.events * 1e9:,.0f} ns, consume "
+            f"{r.consumer_cpu / r.events * 1e9:,.0f} ns)  " + ", ".join(ratios)
         )
     return lines
 
 
 # -- the side-by-side runner ----------------------------------------------------------------------
+
+
+def loop_ns() -> float:
+    """How busy the machine is: ns per iteration of a trivial Python loop."""
+    started, total = time.perf_counter(), 0
+    for i in range(2_000_000):
+        total += i
+    return (time.perf_counter() - started) / 2_000_000 * 1e9
 
 
 def main(argv: list[str]) -> int:
@@ -403,6 +442,10 @@ def main(argv: list[str]) -> int:
     systems = [s for s in SYSTEMS if s.name in wanted]
     modes = ("e2e", "drain") if args.mode == "both" else (args.mode,)
     results: dict[str, list[Measured]] = {}
+    print(
+        f"machine: a pure-Python `s += i` loop takes {loop_ns():.0f} ns an iteration "
+        "(~35 ns when idle); load average " + " ".join(map(str, os.getloadavg()))
+    )
     with redis_server() as url:
         for mode in modes:
             for system in systems:
@@ -410,6 +453,10 @@ def main(argv: list[str]) -> int:
                 result = measure(system, url, build_events(count), drain=mode == "drain")
                 results.setdefault(mode, []).append(result)
                 print(mode, table([result])[0], flush=True)
+    print(
+        f"\nmachine afterwards: {loop_ns():.0f} ns a loop iteration; load average "
+        + " ".join(map(str, os.getloadavg()))
+    )
     for mode in modes:
         print(f"\n{MODES[mode]}")
         for line in table(results[mode]):
