@@ -235,6 +235,8 @@ def test_partitions_must_agree_and_bad_options_are_named(r: redis.Redis) -> None
         RedisWorker(r, object(), codec=CODEC)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_deliveries must be an int >= 1"):
         RedisWorker(r, bad.dispatcher, codec=CODEC, max_deliveries=0)
+    with pytest.raises(ValueError, match="heartbeat_s must be > 0 and at most a third"):
+        RedisWorker(r, bad.dispatcher, codec=CODEC, lease_ms=1000, heartbeat_s=0.5)
 
 
 def test_the_readme_example_runs(r: redis.Redis, redis_server: Any) -> None:

@@ -100,12 +100,7 @@ class Leases:
         lease_ms: int = 5000,
         heartbeat_s: float = 0.25,
     ) -> None:
-        if lease_ms < 100:
-            raise ValueError(f"lease_ms must be at least 100, not {lease_ms!r}")
-        if not 0 < heartbeat_s * 1000 <= lease_ms / 3:
-            raise ValueError(
-                f"heartbeat_s must be > 0 and at most a third of the lease, not {heartbeat_s!r}"
-            )
+        check_timing(lease_ms, heartbeat_s)
         self.client = client
         self.consumer = consumer
         self.partitions = partitions
@@ -202,6 +197,17 @@ class Leases:
                 if failures == 1:
                     log.warning("domainbus worker %s: heartbeat failed: %r", self.consumer, exc)
             self._stop.wait(self.heartbeat_s)
+
+
+def check_timing(lease_ms: object, heartbeat_s: object) -> None:
+    """ValueError unless lease_ms >= 100 and 0 < heartbeat_s <= a third of the lease."""
+    if not isinstance(lease_ms, int) or isinstance(lease_ms, bool) or lease_ms < 100:
+        raise ValueError(f"lease_ms must be an int >= 100, not {lease_ms!r}")
+    if not isinstance(heartbeat_s, int | float) or not 0 < heartbeat_s * 1000 <= lease_ms / 3:
+        raise ValueError(
+            f"heartbeat_s must be > 0 and at most a third of lease_ms ({lease_ms}), "
+            f"not {heartbeat_s!r}"
+        )
 
 
 def quota(partitions: int, live: int) -> int:

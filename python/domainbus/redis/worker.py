@@ -58,7 +58,7 @@ from domainbus.redis.entries import (
     check_positive,
     partition_key,
 )
-from domainbus.redis.leases import Leases
+from domainbus.redis.leases import Leases, check_timing
 
 __all__ = ["BatchDispatcher", "RedisWorker", "WorkerStats"]
 
@@ -154,6 +154,7 @@ class RedisWorker:
         if retry_delay < 0:
             raise ValueError(f"retry_delay must be >= 0, not {retry_delay!r}")
         self.retry_delay = float(retry_delay)
+        check_timing(lease_ms, heartbeat_s)
         self.lease_ms = lease_ms
         self.heartbeat_s = heartbeat_s
         self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
