@@ -67,6 +67,8 @@ pub struct AsyncDispatch {
     events: Option<Py<PyIterator>>,
     batch: bool,
     next_index: usize,
+    /// The batch index of the event being dispatched (None between events and outside a batch).
+    in_event: Option<usize>,
     config: Arc<Config>,
     version: u64,
     snapshot: Option<Arc<Snapshot>>,
@@ -159,6 +161,7 @@ impl AsyncDispatch {
             events,
             batch,
             next_index: 0,
+            in_event: None,
             config,
             version: u64::MAX,
             snapshot: None,
@@ -187,6 +190,9 @@ impl AsyncDispatch {
             return Err(err);
         }
         let outcome = self.run(py, &mut input);
+        if let (Err(err), Some(index)) = (&outcome, self.in_event) {
+            errors::set_batch_index(py, err, index); // rule 8: which event it escaped from
+        }
         if outcome.is_err() {
             self.done = true;
             self.awaiting = None;
@@ -290,6 +296,7 @@ impl AsyncDispatch {
 
     /// Take the next event and resolve its handlers; false when the events are exhausted.
     fn next_event(&mut self, py: Python<'_>) -> PyResult<bool> {
+        self.in_event = None;
         let Some(events) = self.events.as_ref() else {
             return Ok(false);
         };
@@ -299,6 +306,7 @@ impl AsyncDispatch {
         };
         let event = event?;
         let index = self.batch.then_some(self.next_index);
+        self.in_event = index;
         self.next_index += 1;
         let dispatcher = self.dispatcher.get();
         let version = dispatcher.version.load(Ordering::Acquire);
@@ -369,6 +377,9 @@ impl AsyncDispatch {
             &err,
             &errors::failure_note(handler, event_type, current.index)?,
         )?;
+        if let Some(index) = current.index {
+            errors::set_batch_index(py, &err, index);
+        }
         if let Some(failures) = self.failures.as_mut() {
             failures.push(err);
             return Ok(());

@@ -172,23 +172,34 @@ impl Dispatcher {
         if self.nested == Nested::Immediate {
             for (index, event) in events.enumerate() {
                 let index = batch.then_some(index);
-                calls += self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+                let event = event?;
+                let one = self.dispatch_one(&mut cursor, &config, &event, index, &mut failures);
+                calls += errors::at_batch_index(py, one, index)?;
             }
         } else {
             let _frame = FrameGuard::enter(self.id);
             let drain = || -> PyResult<()> {
                 for (index, event) in events.enumerate() {
                     let index = batch.then_some(index);
-                    calls +=
-                        self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+                    let event = event?;
+                    let one = self.dispatch_one(&mut cursor, &config, &event, index, &mut failures);
+                    calls += errors::at_batch_index(py, one, index)?;
                     while let Some(inner) = nested::pop(self.id) {
-                        calls += self.dispatch_one(
+                        // the events it queued belong to it (rule 8: batch_index)
+                        let known = failures.as_ref().map_or(0, Vec::len);
+                        let one = self.dispatch_one(
                             &mut cursor,
                             &config,
                             inner.bind(py),
                             None,
                             &mut failures,
-                        )?;
+                        );
+                        calls += errors::at_batch_index(py, one, index)?;
+                        if let (Some(failures), Some(index)) = (&failures, index) {
+                            for failure in &failures[known..] {
+                                errors::set_batch_index(py, failure, index);
+                            }
+                        }
                     }
                 }
                 Ok(())
@@ -284,6 +295,9 @@ impl Dispatcher {
             return Err(err); // KeyboardInterrupt, SystemExit...: at once, whatever the policy
         }
         errors::add_note(py, &err, &errors::failure_note(handler, event_type, index)?)?;
+        if let Some(index) = index {
+            errors::set_batch_index(py, &err, index);
+        }
         if let Some(failures) = failures {
             failures.push(err);
             return Ok(());

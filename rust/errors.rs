@@ -83,6 +83,22 @@ pub fn failure_note(
     Ok(note)
 }
 
+/// Record on the exception which event of a batch it escaped from: `exc.batch_index` (rule 8,
+/// `domainbus._notes.set_batch_index`). An exception that cannot take the attribute (a type
+/// with `__slots__` and no `__dict__`) is left as is; a relay then treats the whole batch as
+/// not delivered (rule 12). Never fails.
+pub fn set_batch_index(py: Python<'_>, err: &PyErr, index: usize) {
+    drop(err.value(py).setattr(intern!(py, "batch_index"), index));
+}
+
+/// `set_batch_index` on the error of a result, when the dispatch is a batch (`index` is Some).
+pub fn at_batch_index<T>(py: Python<'_>, result: PyResult<T>, index: Option<usize>) -> PyResult<T> {
+    if let (Err(err), Some(index)) = (&result, index) {
+        set_batch_index(py, err, index);
+    }
+    result
+}
+
 pub fn is_exception(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyException>(py)
 }

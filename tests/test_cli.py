@@ -104,7 +104,7 @@ def test_jsonl_dead_letters(project: Path) -> None:
     kept = domainbus(*run, cwd=project, env=env)
     assert kept.returncode == 0, kept.stderr
     assert "dispatched 50 events" in kept.stdout
-    assert "1 invalid record(s) written to dead.jsonl" in kept.stdout
+    assert "1 invalid record(s) holding 1 event(s) written to dead.jsonl" in kept.stdout
     (dead,) = [json.loads(line) for line in (project / "dead.jsonl").read_text().splitlines()]
     assert (dead["reason"], dead["line"], dead["index"]) == ("unknown-tag", 11, 10)
     assert len((project / "seen.txt").read_text().split()) == 50

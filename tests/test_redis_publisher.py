@@ -3,7 +3,6 @@ XADD never counting as published (also through the outbox relay)."""
 
 from __future__ import annotations
 
-import inspect
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 import redis
 
-import domainbus.outbox.relay
 from domainbus.outbox import SqliteOutbox
 from domainbus.redis import PublishError, RedisPublisher, partition_of
 from domainbus.redis.entries import FORMAT_VERSION, key_bytes
@@ -170,16 +168,6 @@ def test_outbox_relays_into_redis(r: redis.Redis, tmp_path: Path) -> None:
     assert sorted(e.event_id for e in got) == sorted(e.event_id for e in events)
 
 
-def _relay_honours_batch_index() -> bool:
-    return "batch_index" in inspect.getsource(domainbus.outbox.relay)
-
-
-@pytest.mark.xfail(
-    not _relay_honours_batch_index(),
-    reason="today's relay infers progress from the iterator; the relay of the input-hardening "
-    "issue reads PublishError.batch_index",
-    strict=True,
-)
 @pytest.mark.parametrize("failure", ["wrong-type", "server-stopped"])
 def test_a_failed_xadd_marks_nothing_delivered(
     failure: str, start_redis: object, tmp_path: Path

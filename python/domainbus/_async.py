@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Iterable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-from domainbus._notes import failure_note
+from domainbus._notes import failure_note, set_batch_index
 
 __all__ = ["dispatch_async"]
 
@@ -79,15 +79,29 @@ async def dispatch_async(
     run = _Run(dispatcher, concurrent)
     if dispatcher.nested == "immediate":
         for index, event in enumerate(events):
-            await run.event(event, index if batch else None)
+            try:
+                await run.event(event, index if batch else None)
+            except BaseException as exc:
+                if batch:
+                    set_batch_index(exc, index)
+                raise
     else:
         fifo = deque()
         token = _FRAMES.set((*_FRAMES.get(), (dispatcher, fifo)))
         try:
             for index, event in enumerate(events):
-                await run.event(event, index if batch else None)
-                while fifo:
-                    await run.event(fifo.popleft(), None)
+                try:
+                    await run.event(event, index if batch else None)
+                    while fifo:  # the events it queued belong to it (rule 8: batch_index)
+                        known = len(run.failures)
+                        await run.event(fifo.popleft(), None)
+                        if batch:
+                            for failure in run.failures[known:]:
+                                set_batch_index(failure, index)
+                except BaseException as exc:
+                    if batch:
+                        set_batch_index(exc, index)
+                    raise
         except BaseException as exc:
             if fifo:
                 exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
@@ -216,6 +230,8 @@ class _Run:
     ) -> None:
         """Apply the error policy to one handler failure (rule 8)."""
         exc.add_note(failure_note(handler, event_type, index))
+        if index is not None:
+            set_batch_index(exc, index)
         if self.collect:
             self.failures.append(exc)
         elif self.raising:

@@ -3,11 +3,16 @@
     domainbus generate OUT --count N [--types K] [--format msgpack|jsonl]
     domainbus run MODULE:DISPATCHER FILE [--format F] [--batch-size N] [--start-at N]
                   [--dead-letter PATH] [--codec MODULE:CODEC]
-    domainbus info | demo | bench ...
+    domainbus info | demo | bench ... | --version
 
 Exit status: 0 success, 1 a handler failed or a record could not be decoded (the message says
 where, and the `--start-at` to resume with), 2 bad usage (missing file, bad MODULE:DISPATCHER,
-unknown format), 130 interrupted. Progress bars appear only when stderr is a terminal.
+unknown format, a bad DOMAINBUS_BACKEND), 130 interrupted. Progress bars (count, rate, ETA)
+appear only when stderr is a terminal.
+
+Subcommands are registered in `SUBCOMMANDS`: each entry adds its parser to the `commands`
+subparsers and sets `handler=` to a function of the parsed arguments returning the exit
+status; raise `UsageError` for bad input (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -15,25 +20,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import shlex
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from itertools import islice
-from operator import length_hint
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from domainbus.codec import FORMATS, DeadLetterFile, DecodeError, EventCodec
 from domainbus.codec.frames import count_frame_events
+from domainbus.codec.streams import JSONL_SUFFIXES, MSGPACK_SUFFIXES, Batch
+from domainbus.delivery import batch_index, failed_indexes
 from domainbus.events import DomainEvent
+from domainbus.progress import progress
+from domainbus.redis.cli import add_commands as add_redis_commands
 
-__all__ = ["main"]
+__all__ = ["SUBCOMMANDS", "UsageError", "build_parser", "main"]
 
 
 _DESCRIPTION = "Generate event logs and replay them through a dispatcher."
+_DEMO_CODEC_HINT = "a file written by `domainbus generate` needs --codec domainbus.demo:codec"
 
 
 class UsageError(Exception):
@@ -43,7 +50,7 @@ class UsageError(Exception):
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _import_target(spec: str) -> tuple[Any, Any]:
+def import_target(spec: str) -> tuple[Any, Any]:
     """`(module, object)` named by "package.module:attr.path"."""
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
@@ -63,11 +70,19 @@ def _import_target(spec: str) -> tuple[Any, Any]:
     return module, target
 
 
-def _load_dispatcher(spec: str) -> tuple[Any, Any]:
+def load_dispatcher(spec: str) -> tuple[Any, Any]:
     """The user's dispatcher: an object with `dispatch_batch`, or a function returning one."""
-    module, target = _import_target(spec)
+    module, target = import_target(spec)
+    if isinstance(target, type):
+        raise UsageError(
+            f"{spec} is a class, not a dispatcher: name an instance (myapp.events:dispatcher) "
+            "or a function that returns one"
+        )
     if not hasattr(target, "dispatch_batch") and callable(target):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:
+            raise UsageError(f"{spec}() raised {exc!r}") from exc
     if not callable(getattr(target, "dispatch_batch", None)):
         raise UsageError(f"{spec} is not a dispatcher (it has no dispatch_batch method)")
     return module, target
@@ -83,10 +98,10 @@ def _all_event_types() -> list[type[DomainEvent]]:
     return found
 
 
-def _load_codec(spec: str | None, module: Any) -> EventCodec:
+def load_codec(spec: str | None, module: Any) -> EventCodec:
     """`--codec MODULE:NAME`; else the dispatcher module's `codec`; else every loaded event."""
     if spec is not None:
-        codec = _import_target(spec)[1]
+        codec = import_target(spec)[1]
         if not isinstance(codec, EventCodec):
             raise UsageError(f"{spec} is not an EventCodec")
         return codec
@@ -95,55 +110,74 @@ def _load_codec(spec: str | None, module: Any) -> EventCodec:
         return codec
     types = _all_event_types()
     if not types:
-        raise UsageError("no DomainEvent subclasses are loaded: pass --codec MODULE:CODEC")
+        raise UsageError(
+            f"no DomainEvent subclasses are loaded: pass --codec MODULE:CODEC ({_DEMO_CODEC_HINT})"
+        )
     try:
         return EventCodec(*types)
     except ValueError as exc:
         raise UsageError(f"{exc}; pass --codec MODULE:CODEC") from None
 
 
-def _check_input(path: str, format: str | None) -> None:
+def check_input(path: str, format: str | None) -> None:
+    """A readable event file and a known format, or UsageError."""
     if format is not None and format not in FORMATS:
         raise UsageError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise UsageError(f"{path!r} is a directory, not an event file")
+    if not os.path.exists(path):
         raise UsageError(f"no such file: {path!r}")
-
-
-@contextmanager
-def _progress(description: str, total: int | None) -> Iterator[Any]:
-    """A rich progress bar on stderr when it is a terminal; else a silent stand-in."""
-    if not sys.stderr.isatty():
-        yield lambda advance: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda advance: progress.advance(task, advance)
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"cannot read {path!r}: permission denied")
 
 
 def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f} events/s" if seconds > 0 else "n/a events/s"
 
 
-# -- commands --------------------------------------------------------------------------------
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# -- generate --------------------------------------------------------------------------------
+
+
+def output_format(path: str, format: str | None) -> str:
+    """The format to write `path` in: `--format`, else from its suffix, else UsageError."""
+    if format is not None:
+        if format not in FORMATS:
+            raise UsageError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
+        return format
+    suffix = Path(path).suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in MSGPACK_SUFFIXES:
+        return "msgpack"
+    known = ", ".join((*JSONL_SUFFIXES, *MSGPACK_SUFFIXES))
+    raise UsageError(
+        f"cannot tell the format from the name {path!r}: pass --format msgpack or --format "
+        f"jsonl, or use one of the suffixes {known}"
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from domainbus import demo
 
-    if args.format is not None and args.format not in FORMATS:
-        raise UsageError(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    format = output_format(args.out, args.format)
     if not 1 <= args.types <= len(demo.EVENT_TYPES):
         raise UsageError(f"--types must be from 1 to {len(demo.EVENT_TYPES)}, not {args.types}")
+    if args.count < 0 or args.batch_size < 1:
+        raise UsageError("--count must be >= 0 and --batch-size >= 1")
+    if os.path.isdir(args.out):
+        raise UsageError(f"{args.out!r} is a directory")
     started = time.perf_counter()
     events = demo.generate_events(args.count, args.types, args.seed)
     with (
-        _progress("generating", args.count) as advance,
-        demo.codec.writer(args.out, args.format, args.batch_size) as writer,
+        progress("generating", args.count) as advance,
+        demo.codec.writer(args.out, format, args.batch_size) as writer,
     ):
+        from itertools import islice
+
         while written := writer.write(islice(events, args.batch_size)):
             advance(written)
     elapsed = time.perf_counter() - started
@@ -155,19 +189,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-_BATCH_INDEX = re.compile(r"at batch index (\d+)$")
+# -- run -------------------------------------------------------------------------------------
 
 
-def _failed_position(exc: BaseException, batch_start: int, remaining: int, size: int) -> int:
-    """Stream index of the event whose handler raised: from the dispatcher's note, else from
-    how far `dispatch_batch` got through the batch's iterator."""
-    for note in getattr(exc, "__notes__", ()):
-        if match := _BATCH_INDEX.search(note):
-            return batch_start + int(match[1])
-    return batch_start + max(0, size - remaining - 1)
-
-
-def _resume_command(argv: Sequence[str], start_at: int) -> str:
+def resume_command(argv: Sequence[str], start_at: int) -> str:
+    """The command line that ran, with `--start-at` set to `start_at`."""
     args, skip = [], False
     for arg in argv:
         if skip:
@@ -179,59 +205,84 @@ def _resume_command(argv: Sequence[str], start_at: int) -> str:
     return shlex.join(["domainbus", *args, "--start-at", str(start_at)])
 
 
+class _Replay:
+    """The counters of one `domainbus run`."""
+
+    def __init__(self, start_at: int) -> None:
+        self.events = 0
+        self.calls = 0
+        self.next = start_at  # stream index of the first event not known to be dispatched
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    _check_input(args.file, args.format)
+    check_input(args.file, args.format)
     if args.batch_size < 1 or args.start_at < 0:
         raise UsageError("--batch-size must be >= 1 and --start-at >= 0")
-    module, dispatcher = _load_dispatcher(args.target)
-    codec = _load_codec(args.codec, module)
+    module, dispatcher = load_dispatcher(args.target)
+    codec = load_codec(args.codec, module)
     dead_letter = DeadLetterFile(args.dead_letter) if args.dead_letter else None
-    batches = codec.iter_indexed_batches(
+    reader = codec.iter_indexed_batches(
         args.file, args.batch_size, args.format, start_at=args.start_at, on_invalid=dead_letter
     )
-    dispatch_batch = dispatcher.dispatch_batch
-    events = calls = 0
-    position = args.start_at
+    replay = _Replay(args.start_at)
     started = time.perf_counter()
     try:
-        with _progress("replaying", _total(args)) as advance:
-            for batch in batches:
-                position = batch.start
-                iterator = iter(batch.events)
+        with reader, progress("replaying", _total(args)) as advance:
+            for batch in reader:
+                replay.next = batch.start
                 try:
-                    calls += dispatch_batch(iterator)
+                    replay.calls += dispatcher.dispatch_batch(batch.events)
                 except Exception as exc:
-                    size = len(batch.events)
-                    failed = _failed_position(exc, batch.start, length_hint(iterator), size)
-                    return _report_failure(args, exc, failed, events + failed - batch.start)
-                events += len(batch.events)
-                position = batch.start + len(batch.events)
+                    return _report_failure(args, exc, batch, replay)
+                replay.events += len(batch.events)
+                replay.next = batch.start + len(batch.events)
                 advance(len(batch.events))
     except DecodeError as exc:
-        print(f"domainbus run: {exc}", file=sys.stderr)
-        if exc.index is None:  # the stream as a whole is unreadable
-            return 1
-        print(
-            f"  events before {exc.index} were dispatched; fix the record, use --dead-letter "
-            f"PATH, or skip it: {_resume_command(args.argv, exc.index + 1)}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; resume with: {_resume_command(args.argv, position)}", file=sys.stderr
-        )
+        return _report_decode_error(args, exc)
+    except KeyboardInterrupt as exc:
+        index = batch_index(exc, args.batch_size)
+        if index is not None:
+            replay.next += index
+        _say(f"\ninterrupted; resume with: {resume_command(args.argv, replay.next)}")
         return 130
     finally:
         if dead_letter is not None:
             dead_letter.close()
     elapsed = time.perf_counter() - started
     print(
-        f"dispatched {events:,} events ({calls:,} handler calls) in {elapsed:.2f} s: "
-        f"{_rate(events, elapsed)}"
+        f"dispatched {replay.events:,} events ({replay.calls:,} handler calls) in "
+        f"{elapsed:.2f} s: {_rate(replay.events, elapsed)}"
     )
     if dead_letter is not None and dead_letter.count:
-        print(f"{dead_letter.count:,} invalid record(s) written to {dead_letter.path}")
+        print(
+            f"{dead_letter.count:,} invalid record(s) holding {dead_letter.events:,} event(s) "
+            f"written to {dead_letter.path}"
+        )
+        if dead_letter.stopped is not None:  # its bytes are in the dead-letter file too
+            _say(
+                "domainbus run: the stream ended early, nothing after it was read: "
+                f"{dead_letter.stopped}"
+            )
+    return _report_nothing_done(args, reader.position, replay)
+
+
+def _report_nothing_done(args: argparse.Namespace, total: int, replay: _Replay) -> int:
+    """Say so when the run did nothing useful: past the end, an empty file, no handlers."""
+    if args.start_at > total:
+        _say(
+            f"domainbus run: --start-at {args.start_at} is past the end of {args.file}, "
+            f"which holds {total:,} event(s); nothing was dispatched"
+        )
+        return 2
+    if total == 0:
+        _say(f"domainbus run: {args.file} holds no events; nothing was dispatched")
+    elif replay.events == 0 and args.start_at == total:
+        _say(f"domainbus run: --start-at {args.start_at} is the end of {args.file}: nothing left")
+    elif replay.events and replay.calls == 0:
+        _say(
+            f"domainbus run: warning: no handler ran: {args.target} has no handler for any of "
+            f"the {replay.events:,} event(s)"
+        )
     return 0
 
 
@@ -245,17 +296,55 @@ def _total(args: argparse.Namespace) -> int | None:
     return None if total is None else max(0, total - args.start_at)
 
 
-def _report_failure(args: argparse.Namespace, exc: Exception, failed: int, done: int) -> int:
-    """Say which event failed and how to resume; handler errors are exit status 1."""
+def _report_failure(args: argparse.Namespace, exc: Exception, batch: Batch, replay: _Replay) -> int:
+    """Say which event failed and how to resume (rule 12: from `batch_index` only)."""
+    size = len(batch.events)
     traceback.print_exception(exc, file=sys.stderr)
-    print(f"domainbus run: a handler failed on event {failed}: {exc!r}", file=sys.stderr)
-    print(
+    index = batch_index(exc, size)
+    indexes = failed_indexes(exc, size) if index is None else [index]
+    if indexes is None:
+        _say(
+            f"domainbus run: {args.target} raised {exc!r} without a batch_index: none of the "
+            f"batch of events {batch.start}-{batch.start + size - 1} counts as dispatched"
+        )
+        failed = batch.start
+    else:
+        failed = batch.start + min(indexes)
+        events = ", ".join(str(batch.start + i) for i in sorted(set(indexes)))
+        what = f"event {events}" if len(indexes) == 1 else f"events {events}"
+        _say(f"domainbus run: a handler failed on {what}: {exc!r}")
+    done = replay.events + failed - batch.start
+    _say(
         f"  this run dispatched {done:,} events before it; after fixing, resume with:\n"
-        f"  {_resume_command(args.argv, failed)}\n"
-        "  (handlers that already ran for that event run again)",
-        file=sys.stderr,
+        f"  {resume_command(args.argv, failed)}\n"
+        "  (handlers that already ran for that event run again)"
     )
     return 1
+
+
+def _report_decode_error(args: argparse.Namespace, exc: DecodeError) -> int:
+    """Say what could not be read, and the `--start-at` that gets past it (if any)."""
+    _say(f"domainbus run: {exc}")
+    if exc.reason == "unknown-tag" and args.codec is None:
+        _say(f"  ({_DEMO_CODEC_HINT})")
+    if exc.index is None:  # the stream as a whole is unreadable
+        return 1
+    done = f"  events before {exc.index} were dispatched"
+    if exc.resume_at is None:
+        _say(
+            f"{done}; nothing after this point can be read "
+            f"({'the file is cut off' if exc.reason == 'truncated' else 'the file is corrupt'})"
+        )
+        return 1
+    skipped = exc.resume_at - exc.index
+    _say(
+        f"{done}; fix the record, use --dead-letter PATH, or skip {skipped:,} event(s): "
+        f"{resume_command(args.argv, exc.resume_at)}"
+    )
+    return 1
+
+
+# -- info, demo, bench -----------------------------------------------------------------------
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -305,7 +394,7 @@ def run_bench(argv: Sequence[str]) -> int:
     try:
         bench = importlib.import_module("domainbus.bench.cli")
     except ImportError as exc:
-        print(f"domainbus bench: the benchmark module is not available ({exc})", file=sys.stderr)
+        _say(f"domainbus bench: the benchmark module is not available ({exc})")
         return 2
     parser = argparse.ArgumentParser(prog="domainbus bench", description="Run the benchmarks.")
     bench.add_arguments(parser)
@@ -314,13 +403,12 @@ def run_bench(argv: Sequence[str]) -> int:
 
 # -- parser ----------------------------------------------------------------------------------
 
+Commands = Any  # argparse's subparsers action (its class is private)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="domainbus", description=_DESCRIPTION)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def add_generate(commands: Commands) -> None:
     gen = commands.add_parser("generate", help="write a synthetic event log (the demo schema)")
-    gen.add_argument("out", metavar="OUT", help="file to write")
+    gen.add_argument("out", metavar="OUT", help="file to write (.bin/.msgpack or .jsonl)")
     gen.add_argument("--count", type=int, default=1_000_000, help="events (default 1,000,000)")
     gen.add_argument("--types", type=int, default=6, help="demo event types to use (1-6)")
     gen.add_argument("--format", help="msgpack or jsonl (default: from OUT's suffix)")
@@ -328,34 +416,73 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=cmd_generate)
 
+
+def add_run(commands: Commands) -> None:
     run = commands.add_parser("run", help="replay an event log through your dispatcher")
     run.add_argument("target", metavar="MODULE:DISPATCHER", help="dispatcher, or a factory")
     run.add_argument("file", metavar="FILE")
-    run.add_argument("--format", help="msgpack or jsonl (default: detected)")
+    run.add_argument("--format", help="msgpack or jsonl (default: detected from the header)")
     run.add_argument("--batch-size", type=int, default=1024, help="events per dispatch_batch")
     run.add_argument("--start-at", type=int, default=0, help="index of the first event to run")
     run.add_argument("--dead-letter", metavar="PATH", help="append bad records here, go on")
     run.add_argument(
         "--codec",
         metavar="MODULE:CODEC",
-        help="the EventCodec to decode with (default: MODULE's `codec`, else all loaded events)",
+        help="the EventCodec to decode with (default: MODULE's `codec`, else all loaded events; "
+        "domainbus.demo:codec for `domainbus generate` output)",
     )
     run.set_defaults(handler=cmd_run)
 
-    commands.add_parser("info", help="versions and backend in use").set_defaults(handler=cmd_info)
-    commands.add_parser(
-        "demo", help="dispatch a few events to the article's handlers"
-    ).set_defaults(handler=cmd_demo)
-    commands.add_parser("bench", help="run the benchmarks (domainbus bench --help)")
-    from domainbus.redis.cli import add_commands as add_redis_commands  # imports no redis-py
 
-    add_redis_commands(commands)
+def add_info(commands: Commands) -> None:
+    commands.add_parser("info", help="versions and backend in use").set_defaults(handler=cmd_info)
+
+
+def add_demo(commands: Commands) -> None:
+    demo = commands.add_parser("demo", help="dispatch a few events to the article's handlers")
+    demo.set_defaults(handler=cmd_demo)
+
+
+def add_bench(commands: Commands) -> None:
+    commands.add_parser("bench", help="run the benchmarks (domainbus bench --help)")
+
+
+SUBCOMMANDS: list[Callable[[Commands], None]] = [
+    add_generate,
+    add_run,
+    add_info,
+    add_demo,
+    add_bench,
+    add_redis_commands,  # publish, worker, dead-letters (redis-py is imported when they run)
+]
+"""Each adds one subcommand to the parser (other modules append theirs here)."""
+
+
+def _version() -> str:
+    import domainbus
+
+    if domainbus.backend_error is not None:
+        return f"domainbus {domainbus.__version__} (no usable backend: {domainbus.backend_error})"
+    return f"domainbus {domainbus.__version__} ({domainbus.BACKEND} backend)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="domainbus", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in SUBCOMMANDS:
+        add_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `domainbus` command; returns the exit status."""
+    import domainbus
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if domainbus.backend_error is not None and argv[:1] != ["--version"]:
+        _say(f"domainbus: error: {domainbus.backend_error}")
+        return 2
     if argv[:1] == ["bench"]:
         return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
@@ -363,10 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except UsageError as exc:
-        print(f"domainbus {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"domainbus {args.command}: error: {exc}")
         return 2
-    except (OSError, ValueError) as exc:
-        print(f"domainbus {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        _say(f"domainbus {args.command}: error: {exc}")
         return 2
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["ConcurrencyError", "DecodeError", "DomainbusError", "QueueClosed"]
+__all__ = ["BackendError", "ConcurrencyError", "DecodeError", "DomainbusError", "QueueClosed"]
 
 
 class DomainbusError(Exception):
     """Base class of the errors domainbus raises itself (handler errors propagate unchanged)."""
+
+
+class BackendError(DomainbusError, ImportError):
+    """`DOMAINBUS_BACKEND` names no backend that can be used (a bad value, or "rust" without
+    the extension). Raised when `domainbus.Dispatcher`, `BatchQueue` or `BACKEND` is first
+    used, so the message is one clear line; `domainbus.pure` and `domainbus.rust` still import.
+    """
 
 
 class QueueClosed(DomainbusError):
@@ -16,10 +23,15 @@ class QueueClosed(DomainbusError):
 class DecodeError(DomainbusError):
     """An event record or stream could not be decoded; nothing was dispatched from that record.
 
-    `reason` is one of "truncated", "garbage", "unknown-tag", "invalid-field" or "upcast-failed".
-    `offset` is the byte offset of the bad record (msgpack streams), `line` its 1-based line
-    number (JSON lines), `index` its position among the stream's records (what `--start-at`
-    counts), `source` the file it came from; each is None when it does not apply.
+    The decoders raise this and nothing else, whatever the bytes. `reason` is one of
+    "truncated", "garbage", "unknown-tag", "invalid-field" or "upcast-failed". `offset` is the
+    byte offset of the bad record (msgpack streams), `line` its 1-based line number (JSON
+    lines), `index` its position among the stream's events (what `--start-at` counts),
+    `source` the file it came from. `count` is how many events the bad record holds (1 for one
+    bad event; all the events of a damaged msgpack frame), and `resume_at` the `start_at` that
+    reads on past it (`index + count`), or None when nothing after it can be read (the stream
+    ends inside it, or a corrupt frame length hides where the next frame starts). Each is None
+    when it does not apply or is unknown.
     """
 
     def __init__(
@@ -31,6 +43,8 @@ class DecodeError(DomainbusError):
         line: int | None = None,
         index: int | None = None,
         source: str | None = None,
+        count: int | None = None,
+        resume_at: int | None = None,
     ) -> None:
         self.reason = reason
         self.detail = detail
@@ -38,6 +52,8 @@ class DecodeError(DomainbusError):
         self.line = line
         self.index = index
         self.source = source
+        self.count = count
+        self.resume_at = resume_at
         super().__init__(reason, detail)  # args that rebuild it (pickle restores the rest)
 
     def __str__(self) -> str:

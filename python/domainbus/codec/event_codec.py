@@ -16,14 +16,11 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
-from typing import Any, Union
 
-import msgspec
-
-from domainbus.codec.frames import OnInvalid
-from domainbus.codec.invalid import InvalidRecord, malformed
-from domainbus.codec.streams import Batch, Source, StreamWriter, iter_indexed_batches
-from domainbus.codec.versions import Tag, U, Upcaster, Versions, split_tag
+from domainbus.codec.invalid import OnInvalid
+from domainbus.codec.records import Records
+from domainbus.codec.streams import BatchReader, Source, StreamWriter, iter_indexed_batches
+from domainbus.codec.versions import Tag, U, Upcaster, split_tag
 from domainbus.events import DomainEvent
 
 __all__ = ["EventCodec", "Upcaster", "split_tag"]
@@ -50,23 +47,8 @@ class EventCodec:
                 raise TypeError("EventCodec takes DomainEvent subclasses, not DomainEvent itself")
         self.event_types: tuple[type[DomainEvent], ...] = types
         self.tag_field: str = _tag_field(types)
-        self._type_set = frozenset(types)
-        self._versions = Versions(types, self.tag_field)
-
-        union: Any = Union[types]  # noqa: UP007 (a runtime tuple of types)
-        self._msgpack_encoder = msgspec.msgpack.Encoder()
-        self._msgpack_decoder: msgspec.msgpack.Decoder[DomainEvent] = msgspec.msgpack.Decoder(union)
-        self._msgpack_batch_decoder: msgspec.msgpack.Decoder[list[DomainEvent]] = (
-            msgspec.msgpack.Decoder(list[union])
-        )
-        self._msgpack_raw_decoder = msgspec.msgpack.Decoder()
-        self._msgpack_split_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
-        self._json_encoder = msgspec.json.Encoder()
-        self._json_decoder: msgspec.json.Decoder[DomainEvent] = msgspec.json.Decoder(union)
-        self._json_batch_decoder: msgspec.json.Decoder[list[DomainEvent]] = msgspec.json.Decoder(
-            list[union]
-        )
-        self._json_raw_decoder = msgspec.json.Decoder()
+        self.records = Records(types, self.tag_field)
+        """The record-level encoders and decoders the stream readers and writers use."""
 
     @classmethod
     def from_modules(cls, *modules: ModuleType | str) -> EventCodec:
@@ -99,57 +81,37 @@ class EventCodec:
         ValueError if this codec has no event called `name`, if `from_version` is not below
         its current version, or if that step already has an upcaster.
         """
-        return self._versions.upcaster(name, from_version)
+        return self.records.versions.upcaster(name, from_version)
 
     # -- single events and batches ----------------------------------------------------------
 
     def encode(self, event: DomainEvent) -> bytes:
         """One event as msgpack."""
-        self._check_types((event,))
-        return self._msgpack_encoder.encode(event)
+        self.records.check_types((event,))
+        return self.records.msgpack_encoder.encode(event)
 
     def decode(self, data: bytes) -> DomainEvent:
         """One msgpack event; DecodeError when it is not one of this codec's events."""
-        try:
-            return self.decode_msgpack_record(data)
-        except InvalidRecord as invalid:
-            raise invalid.at() from None
+        return self.records.msgpack_record(data)
 
     def encode_batch(self, events: Iterable[DomainEvent]) -> bytes:
         """A msgpack array of events."""
         events = events if isinstance(events, list | tuple) else list(events)
-        self._check_types(events)
-        return self._msgpack_encoder.encode(events)
+        self.records.check_types(events)
+        return self.records.msgpack_encoder.encode(events)
 
     def decode_batch(self, data: bytes) -> list[DomainEvent]:
         """A msgpack array of events; DecodeError (with `index`) at the first bad record."""
-        try:
-            return self._msgpack_batch_decoder.decode(data)
-        except msgspec.MsgspecError:
-            pass
-        try:
-            records = self.split_msgpack_array(data)
-            events = []
-            for index, record in enumerate(records):
-                try:
-                    events.append(self.decode_msgpack_record(record))
-                except InvalidRecord as invalid:
-                    raise invalid.at(index=index) from None
-        except InvalidRecord as invalid:
-            raise invalid.at() from None
-        return events
+        return self.records.msgpack_records(data)
 
     def encode_json(self, event: DomainEvent) -> bytes:
         """One event as a JSON object."""
-        self._check_types((event,))
-        return self._json_encoder.encode(event)
+        self.records.check_types((event,))
+        return self.records.json_encoder.encode(event)
 
     def decode_json(self, data: bytes | str) -> DomainEvent:
         """One JSON event; DecodeError when it is not one of this codec's events."""
-        try:
-            return self.decode_json_record(data)
-        except InvalidRecord as invalid:
-            raise invalid.at() from None
+        return self.records.json_record(data)
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -181,11 +143,11 @@ class EventCodec:
         *,
         start_at: int = 0,
         on_invalid: OnInvalid = None,
-    ) -> Iterator[Batch]:
+    ) -> BatchReader:
         """Like `iter_batches`, yielding `Batch(start, events)`: `start` is the stream index of
         `events[0]`, and a batch never spans an invalid record."""
         return iter_indexed_batches(
-            self, source, batch_size, format, start_at=start_at, on_invalid=on_invalid
+            self.records, source, batch_size, format, start_at=start_at, on_invalid=on_invalid
         )
 
     def write(
@@ -207,44 +169,7 @@ class EventCodec:
         self, target: Source, format: str | None = "msgpack", batch_size: int = 1024
     ) -> StreamWriter:
         """A `StreamWriter` for appending events in several calls (a context manager)."""
-        return StreamWriter(self, target, format, batch_size)
-
-    def _check_types(self, events: Iterable[object]) -> None:
-        unknown = set(map(type, events)) - self._type_set
-        if unknown:
-            names = ", ".join(sorted(t.__qualname__ for t in unknown))
-            raise TypeError(f"{self!r} cannot encode events of type {names}")
-
-    # -- record-level decoding used by the stream readers -----------------------------------
-
-    def split_msgpack_array(self, data: bytes) -> list[msgspec.Raw]:
-        """The records of a msgpack array, undecoded; InvalidRecord if it is not an array."""
-        try:
-            return self._msgpack_split_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise malformed(exc) from None
-        except msgspec.ValidationError as exc:
-            raise InvalidRecord("garbage", f"expected an array of events: {exc}") from None
-
-    def decode_msgpack_record(self, data: bytes | msgspec.Raw) -> DomainEvent:
-        """One msgpack record: the fast typed decode, else upcasting; or InvalidRecord."""
-        return self._decode_record(self._msgpack_decoder, self._msgpack_raw_decoder, data)
-
-    def decode_json_record(self, data: bytes | str) -> DomainEvent:
-        """One JSON record: the fast typed decode, else upcasting; or InvalidRecord."""
-        return self._decode_record(self._json_decoder, self._json_raw_decoder, data)
-
-    def _decode_record(self, typed: Any, raw: Any, data: Any) -> DomainEvent:
-        try:
-            event: DomainEvent = typed.decode(data)
-            return event
-        except msgspec.MsgspecError as exc:
-            typed_error = exc
-        try:
-            mapping = raw.decode(data)
-        except msgspec.DecodeError as exc:
-            raise malformed(exc) from None
-        return self._versions.resolve(mapping, typed_error)
+        return StreamWriter(self.records, target, format, batch_size)
 
 
 def _tag_field(types: tuple[type[DomainEvent], ...]) -> str:

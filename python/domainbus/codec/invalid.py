@@ -1,30 +1,59 @@
-"""`InvalidRecord`: why one record failed to decode, before the reader knows where it was."""
+"""Bad records: the `DecodeError`s the decoders raise, and how a reader reports them.
+
+Record-level decoders raise `DecodeError` without a position; the stream readers, which know
+where the record was, re-raise it `located` at its offset, line and index (or hand it to the
+caller's `on_invalid` callback and go on).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
 from domainbus.errors import DecodeError
 
-__all__ = ["InvalidRecord", "malformed"]
+__all__ = ["OnInvalid", "located", "malformed", "report", "too_deep"]
+
+OnInvalid = Callable[[DecodeError, bytes], object] | None
 
 
-class InvalidRecord(Exception):
-    """One record could not be decoded; the stream readers add its position (internal)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-    def at(self, **where: Any) -> DecodeError:
-        """The public error, located at `where` (offset, line, index, source)."""
-        return DecodeError(self.reason, self.detail, **where)
-
-
-def malformed(exc: msgspec.DecodeError) -> InvalidRecord:
-    """An InvalidRecord for bytes msgspec could not parse at all."""
+def malformed(exc: msgspec.DecodeError) -> DecodeError:
+    """A DecodeError for bytes msgspec could not parse at all."""
     reason = "truncated" if "truncated" in str(exc) else "garbage"
-    return InvalidRecord(reason, str(exc))
+    return DecodeError(reason, str(exc))
+
+
+def too_deep() -> DecodeError:
+    """A DecodeError for a record nested deeper than the interpreter's recursion limit."""
+    return DecodeError("garbage", "the record is nested too deeply to be an event")
+
+
+def located(
+    error: DecodeError,
+    *,
+    offset: int | None = None,
+    line: int | None = None,
+    index: int | None = None,
+    source: str | None = None,
+    count: int | None = None,
+    resume_at: int | None = None,
+) -> DecodeError:
+    """`error` (raised by a record decoder, without a position) placed in its stream."""
+    return DecodeError(
+        error.reason,
+        error.detail,
+        offset=offset,
+        line=line,
+        index=index,
+        source=source,
+        count=count,
+        resume_at=resume_at,
+    )
+
+
+def report(error: DecodeError, raw: bytes, on_invalid: OnInvalid) -> None:
+    """Raise `error`, or hand it with the record's bytes to `on_invalid` and go on."""
+    if on_invalid is None:
+        raise error
+    on_invalid(error, raw)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from domainbus.codec.invalid import InvalidRecord
+from domainbus.errors import DecodeError
 from domainbus.events import DomainEvent
 
 __all__ = ["Tag", "Upcaster", "Versions", "split_tag"]
@@ -24,7 +24,8 @@ Tag = str | int
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 U = TypeVar("U", bound=Upcaster)
 
-_VERSIONED_TAG = re.compile(r"(?P<name>.+)\.v(?P<version>[0-9]+)")
+# at most 9 digits: a longer "version" is no version (and int() of thousands of digits fails)
+_VERSIONED_TAG = re.compile(r"(?P<name>.+)\.v(?P<version>[0-9]{1,9})")
 
 
 def split_tag(tag: Tag) -> tuple[Tag, int]:
@@ -82,28 +83,30 @@ class Versions:
         return register
 
     def resolve(self, mapping: object, typed_error: Exception) -> DomainEvent:
-        """Upcast an old-version raw record, or raise InvalidRecord saying why the typed
+        """Upcast an old-version raw record, or raise DecodeError saying why the typed
         decode (which failed with `typed_error`) was right to fail."""
         if not isinstance(mapping, dict):
-            raise InvalidRecord("garbage", f"expected an event object, got {_kind(mapping)}")
+            raise DecodeError("garbage", f"expected an event object, got {_kind(mapping)}")
         tag = mapping.get(self.tag_field)
         if not isinstance(tag, str | int):
-            raise InvalidRecord("unknown-tag", f"record has no {self.tag_field!r} field")
+            raise DecodeError("unknown-tag", f"record has no {self.tag_field!r} field")
         if tag in self.by_tag:
-            raise InvalidRecord("invalid-field", str(typed_error))
+            raise DecodeError("invalid-field", str(typed_error))
         name, version = split_tag(tag)
         current_version, event_type = self.current.get(name, (0, DomainEvent))
         if version >= current_version:
             known = ", ".join(map(repr, self.by_tag))
-            raise InvalidRecord("unknown-tag", f"unknown event tag {tag!r} (known: {known})")
+            raise DecodeError("unknown-tag", f"unknown event tag {_show(tag)} (known: {known})")
         fields = {key: value for key, value in mapping.items() if key != self.tag_field}
         for step in range(version, current_version):
             fields = self._step(name, step, fields)
         fields[self.tag_field] = event_type.__struct_config__.tag
         try:
             return msgspec.convert(fields, event_type)
+        except RecursionError:
+            raise DecodeError("garbage", "the record is nested too deeply to be an event") from None
         except msgspec.ValidationError as exc:
-            raise InvalidRecord(
+            raise DecodeError(
                 "upcast-failed",
                 f"{name!r} upcast from version {version} does not fit "
                 f"{event_type.__qualname__}: {exc}",
@@ -112,22 +115,29 @@ class Versions:
     def _step(self, name: Tag, version: int, fields: dict[str, Any]) -> dict[str, Any]:
         upcaster = self.upcasters.get((name, version))
         if upcaster is None:
-            raise InvalidRecord(
+            raise DecodeError(
                 "upcast-failed", f"no upcaster registered for {name!r} from version {version}"
             )
         try:
             result = upcaster(fields)
         except Exception as exc:
-            raise InvalidRecord(
+            raise DecodeError(
                 "upcast-failed", f"upcaster for {name!r} from version {version} raised {exc!r}"
             ) from exc
         if not isinstance(result, dict):
-            raise InvalidRecord(
+            raise DecodeError(
                 "upcast-failed",
                 f"upcaster for {name!r} from version {version} returned {_kind(result)}, "
                 "not a dict",
             )
         return result
+
+
+def _show(tag: Tag) -> str:
+    """repr of a tag, cut short (an attacker's tag may be megabytes, or a huge integer)."""
+    if isinstance(tag, int):
+        return repr(tag) if abs(tag) < 10**30 else f"<an integer of {tag.bit_length()} bits>"
+    return repr(tag) if len(tag) <= 80 else f"{tag[:60]!r}... ({len(tag)} characters)"
 
 
 def _kind(value: object) -> str:

@@ -1,28 +1,44 @@
 """`relay`: deliver an outbox's free rows in batches, at least once.
 
-Each batch is claimed, decoded, dispatched with one `dispatch_batch` call, then settled: its
-rows are deleted in one transaction, together with whatever the handlers wrote through the
-outbox's connection meanwhile, and the same transaction claims the next batch (one commit,
-so one sync at synchronous=FULL, per batch). Rows that do not decode go to the dead-letter
-table at once, reported by id, and never stop the relay.
+Each batch is claimed, decoded, handed to the target's `dispatch_batch` in one call, then
+settled: its delivered rows are deleted in one transaction, together with whatever the handlers
+wrote through the outbox's connection meanwhile, and the same transaction claims the next batch
+(one commit, so one sync at synchronous=FULL, per batch). Rows that do not decode go to the
+dead-letter table at once, reported by id, and never stop the relay.
 
-When a handler raises (dispatcher `on_error="raise"`), the events before the failing one are
-settled as delivered, the failing row's attempt is counted, the rest of the batch is released
-and the exception propagates; the next relay starts again at the failing row. After
-`max_attempts` failures a row goes to the dead-letter table, so one bad event cannot stop the
-relay for good. If the handlers had written through the outbox's connection, those writes are
-rolled back and the whole batch is released instead (their writes and the delivery records
-stay consistent). With `on_error="collect"` each event is dispatched on its own and every
-failing row is counted; the failures are raised together at the end.
+The target is any object with `dispatch_batch(events) -> int` (a `Dispatcher` of either
+backend, or a broker publisher). What it delivered is read from how its call ended, never from
+how far it iterated the batch (rule 12 of `domainbus.pure.dispatcher`):
+
+- a normal return: every event of the batch was delivered;
+- an exception with an int `batch_index` inside the batch: events [0, batch_index) were
+  delivered; the event at `batch_index` failed: its attempt is counted (unless the exception is
+  not an `Exception`, e.g. KeyboardInterrupt) and its row goes to the dead-letter table after
+  `max_attempts` failures, so one bad event cannot stop the relay for good; the events after it
+  were not attempted and are released with no attempt counted;
+- an `ExceptionGroup` every member of which has such a `batch_index` (on_error="collect"):
+  every event was attempted; the members' rows failed (one attempt each), the others were
+  delivered. A lone exception out of a "collect" dispatcher (KeyboardInterrupt, a raising
+  `on_unhandled`) dropped the failures collected before it, so it counts as the next case;
+- any other exception (no usable `batch_index`: a broker that is down, a bug in the target):
+  none of the batch counts as delivered; all its rows are released with no attempt counted, so
+  an outage dead-letters nothing. The exception propagates; retrying later (with backoff) is
+  the caller's job.
+
+In every failure case the store is settled first, the exception gets a note saying what
+happened to the rows, and it propagates; the next relay starts again at the first row not
+delivered. If the handlers had written through the outbox's connection, those writes are rolled
+back and no row of the batch counts as delivered (their writes and the delivery records stay
+consistent); the failing row's attempt is still counted.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from domainbus.delivery import batch_index, failed_indexes
 from domainbus.uow import describe_error
 
 if TYPE_CHECKING:
@@ -32,25 +48,51 @@ __all__ = ["AsyncBatchDispatcher", "BatchDispatcher", "relay", "relay_async"]
 
 
 class BatchDispatcher(Protocol):
-    """What `relay` dispatches with (a `Dispatcher` of either backend)."""
+    """What `relay` delivers to: a `Dispatcher` of either backend, or a broker publisher."""
 
-    def dispatch(self, event: object) -> int: ...
     def dispatch_batch(self, events: Iterable[object]) -> int: ...
 
 
 class AsyncBatchDispatcher(Protocol):
-    """What `relay_async` dispatches with (a `Dispatcher` of either backend)."""
+    """What `relay_async` delivers to (a `Dispatcher` of either backend)."""
 
-    def dispatch_async(
-        self, event: object, *, concurrent: bool = False
-    ) -> Coroutine[Any, Any, int]: ...
     def dispatch_batch_async(
         self, events: Iterable[object], *, concurrent: bool = False
     ) -> Coroutine[Any, Any, int]: ...
 
 
 Failures = list[tuple[int, BaseException]]
-"""(index of the event being dispatched, or -1 if none, exception raised) pairs."""
+"""(index in the batch of the failing event, exception) pairs."""
+
+
+class _Outcome:
+    """What one `dispatch_batch` call delivered, read from how it ended (the module doc)."""
+
+    __slots__ = ("delivered", "error", "failures")
+
+    def __init__(
+        self, delivered: list[int], failures: Failures, error: BaseException | None
+    ) -> None:
+        self.delivered = delivered  # indexes in the batch of the events delivered
+        self.failures = failures  # (index, exception) of the events that failed
+        self.error = error  # what to raise once settled (None: the call returned)
+
+
+def _outcome(size: int, exc: BaseException | None, collect: bool) -> _Outcome:
+    if exc is None:
+        return _Outcome(list(range(size)), [], None)
+    index = batch_index(exc, size)
+    if index is not None and not (collect and not isinstance(exc, BaseExceptionGroup)):
+        # Under "collect" a lone exception (KeyboardInterrupt, a raising on_unhandled) drops
+        # the failures collected before it: nothing before it is known to be delivered.
+        return _Outcome(list(range(index)), [(index, exc)], exc)
+    indexes = failed_indexes(exc, size)
+    if indexes is not None:
+        assert isinstance(exc, BaseExceptionGroup)
+        failures: Failures = list(zip(indexes, exc.exceptions, strict=True))
+        failing = set(indexes)
+        return _Outcome([i for i in range(size) if i not in failing], failures, exc)
+    return _Outcome([], [], exc)
 
 
 def relay(
@@ -60,19 +102,22 @@ def relay(
     batch_size: int = 1000,
     take_over: bool = False,
 ) -> RelayResult:
-    """Claim, decode, dispatch and settle batches of up to `batch_size` rows until none is free.
+    """Claim, decode, deliver and settle batches of up to `batch_size` rows until none is free.
 
-    `take_over=True` also claims rows other outboxes still hold (at start-up, when no other
-    process can be relaying). Returns the number of events delivered and the dead-lettered row
-    ids; a handler's exception propagates after the store is settled (see the module doc).
+    `dispatcher`: anything with `dispatch_batch(events) -> int`. `take_over=True` also claims
+    rows other outboxes still hold (at start-up, when no other process can be relaying).
+    Returns the number of events delivered and the dead-lettered row ids; a failure propagates
+    after the store is settled (see the module doc for what counts as delivered).
     """
     _check_dispatcher(dispatcher, "dispatch_batch")
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
-        if run.collect:
-            run.settle(*_dispatch_each(dispatcher, events))
+        try:
+            dispatcher.dispatch_batch(events)
+        except BaseException as exc:
+            run.settle(exc)
         else:
-            run.settle(*_dispatch_all(dispatcher, events))
+            run.settle(None)
     return run.result()
 
 
@@ -92,10 +137,12 @@ async def relay_async(
     _check_dispatcher(dispatcher, "dispatch_batch_async")
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
-        if run.collect:
-            run.settle(*await _dispatch_each_async(dispatcher, events, concurrent))
+        try:
+            await dispatcher.dispatch_batch_async(events, concurrent=concurrent)
+        except BaseException as exc:
+            run.settle(exc)
         else:
-            run.settle(*await _dispatch_all_async(dispatcher, events, concurrent))
+            run.settle(None)
     return run.result()
 
 
@@ -105,7 +152,7 @@ def _check_dispatcher(dispatcher: object, method: str) -> None:
 
 
 def _collects(dispatcher: object) -> bool:
-    """Whether the dispatcher's policy is "collect" (then events are dispatched one by one)."""
+    """Whether the dispatcher's policy is "collect" (its ExceptionGroup lists every failure)."""
     return bool(getattr(dispatcher, "on_error", "raise") == "collect")
 
 
@@ -133,19 +180,14 @@ class _Relay:
         self.ids, events, self.dead = _decode(self.store, self.batch)
         return events
 
-    def settle(self, dispatched: int, failures: Failures) -> None:
-        """Settle the batch after its dispatch; raise the failures, if any, once settled."""
+    def settle(self, exc: BaseException | None) -> None:
+        """Settle the batch after its dispatch ended (with `exc`, or normally); then re-raise."""
         store, batch = self.store, self.batch
         assert batch is not None
-        if failures:
-            self.dead_lettered += _settle_failures(
-                store, batch, self.ids, dispatched, failures, self.dead
-            )
-            if len(failures) == 1:
-                raise failures[0][1]
-            raise BaseExceptionGroup(
-                f"domainbus: {len(failures)} outbox event(s) failed", [exc for _, exc in failures]
-            )
+        outcome = _outcome(len(self.ids), exc, self.collect)
+        if outcome.error is not None:
+            self.dead_lettered += _settle_failures(store, batch, self.ids, outcome, self.dead)
+            raise outcome.error
         # One transaction settles this batch (with the handlers' writes) and claims the next.
         settle = functools.partial(store.settle, batch, delivered=self.ids, dead=self.dead)
         moved, self.batch = _in_transaction(store, settle, self.claim)
@@ -178,63 +220,6 @@ def _decode(store: OutboxStore, batch: Batch) -> tuple[list[int], list[Any], lis
     return ids, events, dead
 
 
-def _dispatch_all(dispatcher: BatchDispatcher, events: list[Any]) -> tuple[int, Failures]:
-    """One dispatch_batch call; returns (events dispatched, failures): stops at a failure."""
-    iterator = iter(events)
-    try:
-        dispatcher.dispatch_batch(iterator)
-    except BaseException as exc:
-        # Both backends pull events one at a time, so what the list iterator has handed out
-        # tells which event was being dispatched when the exception was raised.
-        index = len(events) - operator.length_hint(iterator) - 1
-        return max(index, 0), [(index, exc)]
-    return len(events), []
-
-
-def _dispatch_each(dispatcher: BatchDispatcher, events: list[Any]) -> tuple[int, Failures]:
-    """Dispatch event by event ("collect" mode): every event runs, unless a BaseException."""
-    failures: Failures = []
-    dispatch = dispatcher.dispatch
-    for index, event in enumerate(events):
-        try:
-            dispatch(event)
-        except Exception as exc:
-            failures.append((index, exc))
-        except BaseException as exc:
-            failures.append((index, exc))
-            return index, failures
-    return len(events), failures
-
-
-async def _dispatch_all_async(
-    dispatcher: AsyncBatchDispatcher, events: list[Any], concurrent: bool
-) -> tuple[int, Failures]:
-    """`_dispatch_all` with one dispatch_batch_async call."""
-    iterator = iter(events)
-    try:
-        await dispatcher.dispatch_batch_async(iterator, concurrent=concurrent)
-    except BaseException as exc:
-        index = len(events) - operator.length_hint(iterator) - 1
-        return max(index, 0), [(index, exc)]
-    return len(events), []
-
-
-async def _dispatch_each_async(
-    dispatcher: AsyncBatchDispatcher, events: list[Any], concurrent: bool
-) -> tuple[int, Failures]:
-    """`_dispatch_each` with dispatch_async."""
-    failures: Failures = []
-    for index, event in enumerate(events):
-        try:
-            await dispatcher.dispatch_async(event, concurrent=concurrent)
-        except Exception as exc:
-            failures.append((index, exc))
-        except BaseException as exc:
-            failures.append((index, exc))
-            return index, failures
-    return len(events), failures
-
-
 def _in_transaction(store: OutboxStore, *steps: Callable[[], Any]) -> list[Any]:
     """Run `steps` in one transaction (the one the handlers' writes opened, if any), commit."""
     if not store.in_transaction:
@@ -252,32 +237,38 @@ def _settle_failures(
     store: OutboxStore,
     batch: Batch,
     ids: list[int],
-    dispatched: int,
-    failures: Failures,
+    outcome: _Outcome,
     dead: list[tuple[int, str]],
 ) -> list[int]:
-    """Settle a batch some of whose events failed, and note the outcome on each exception.
+    """Settle a batch whose dispatch raised, and note the outcome on the exception(s).
 
-    Events before `dispatched` that did not fail are delivered; failing rows count an attempt
-    (unless the exception is not an Exception, e.g. KeyboardInterrupt); the rest is released.
+    The outcome's delivered rows are deleted; failing rows count an attempt (unless the
+    exception is not an Exception, e.g. KeyboardInterrupt); the rest is released uncounted.
     """
-    failing = {index for index, _ in failures}
+    error = outcome.error
+    assert error is not None
     if store.in_transaction:  # the handlers wrote through the connection: undo the batch
         store.rollback()
         delivered: list[int] = []
-        outcome = "the handlers' writes were rolled back and the whole batch stays in the outbox"
+        outcome_text = "the handlers' writes were rolled back and the whole batch stays pending"
     else:
-        delivered = [row for index, row in enumerate(ids[:dispatched]) if index not in failing]
-        outcome = f"{len(delivered)} other event(s) of the batch were delivered"
-    failed = [
-        (ids[index], describe_error(exc))
-        for index, exc in failures
-        if index >= 0 and isinstance(exc, Exception)
-    ]
-    settle = functools.partial(store.settle, batch, delivered=delivered, failed=failed, dead=dead)
+        delivered = [ids[index] for index in outcome.delivered]
+        outcome_text = f"{len(delivered)} other event(s) of the batch were delivered"
+    failed: dict[int, str] = {}  # one attempt per failing row, however many handlers failed
+    for index, exc in outcome.failures:
+        if isinstance(exc, Exception):
+            failed.setdefault(ids[index], describe_error(exc))
+    settle = functools.partial(
+        store.settle, batch, delivered=delivered, failed=list(failed.items()), dead=dead
+    )
     moved: list[int] = _in_transaction(store, settle)[0]
-    for index, exc in failures:
-        if index >= 0:
-            where = "moved to the dead-letter table" if ids[index] in moved else "stays pending"
-            exc.add_note(f"domainbus: relaying outbox row {ids[index]}, which {where}; {outcome}")
+    if not outcome.failures:
+        error.add_note(
+            f"domainbus: relaying outbox rows {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}:"
+            f" the exception has no batch_index naming an event of the batch, so none of its "
+            f"{len(ids)} event(s) counts as delivered; they stay pending, no attempt counted"
+        )
+    for index, exc in outcome.failures:
+        where = "moved to the dead-letter table" if ids[index] in moved else "stays pending"
+        exc.add_note(f"domainbus: relaying outbox row {ids[index]}, which {where}; {outcome_text}")
     return moved

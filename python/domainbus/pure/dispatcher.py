@@ -16,7 +16,25 @@ module to learn what a dispatcher does; the numbered rules below are the README'
 6. `once` handlers are removed before their first call; `weak` handlers vanish with their target.
 7. `on_unhandled(event)` is called when no handler is registered for the event's type.
 8. Errors follow `on_error`: "raise", "collect" (ExceptionGroup at the end) or a callback.
+   An exception raised out of `dispatch_batch` / `dispatch_batch_async` while event i of the
+   batch was being dispatched (by one of its handlers, by the handlers of the events it queued
+   in "queue" mode, by `on_unhandled` or by the `on_error` callback) carries
+   `exc.batch_index == i` (0-based): under "raise", events before i were fully handled, event
+   i partly (its earlier handlers ran), the events after it not at all. Under "collect" every
+   member of the ExceptionGroup carries its own `batch_index` (every event was attempted); the
+   group itself has none. An exception from the batch's iterator has none (no event failed),
+   nor has one whose type refuses new attributes. The PEP 678 note ("at batch index i") stays.
 9. A handler that returns a coroutine is an error of that handler (the coroutine is closed).
+10. Bad input is a TypeError (ValueError, OverflowError) at the call that made it.
+11. Threads may register, unregister and dispatch at the same time.
+12. Delivery contract (what `outbox.relay`, `domainbus run` and broker publishers rely on):
+    anything events are delivered to is an object with `dispatch_batch(events) -> int`. A normal
+    return means every event of the batch was delivered. An exception with an int
+    `batch_index` inside the batch means events [0, batch_index) were delivered, the one at
+    `batch_index` failed and the ones after it were not attempted. An ExceptionGroup every
+    member of which has such a `batch_index` means every event was attempted and exactly those
+    failed. Any other exception means none of the batch counts as delivered. Progress is never
+    inferred from how far the target iterated the batch (it may well `list()` it first).
 """
 
 from __future__ import annotations
@@ -29,7 +47,7 @@ from types import CoroutineType, MethodType
 from typing import Any, Literal, TypeVar
 
 from domainbus._async import dispatch_async
-from domainbus._notes import describe_handler, failure_note
+from domainbus._notes import describe_handler, failure_note, set_batch_index
 
 __all__ = ["Dispatcher"]
 
@@ -308,14 +326,28 @@ class Dispatcher:
         calls = 0
         if self._nested == "immediate":
             for index, event in enumerate(events):
-                calls += self._dispatch_one(event, index if batch else None, failures)
+                try:
+                    calls += self._dispatch_one(event, index if batch else None, failures)
+                except BaseException as exc:
+                    if batch:
+                        set_batch_index(exc, index)
+                    raise
         else:
             fifo = self._local.fifo = deque()
             try:
                 for index, event in enumerate(events):
-                    calls += self._dispatch_one(event, index if batch else None, failures)
-                    while fifo:
-                        calls += self._dispatch_one(fifo.popleft(), None, failures)
+                    try:
+                        calls += self._dispatch_one(event, index if batch else None, failures)
+                        while fifo:  # the events it queued belong to it (rule 8: batch_index)
+                            known = len(failures) if failures is not None else 0
+                            calls += self._dispatch_one(fifo.popleft(), None, failures)
+                            if batch and failures is not None:
+                                for failure in failures[known:]:
+                                    set_batch_index(failure, index)
+                    except BaseException as exc:
+                        if batch:
+                            set_batch_index(exc, index)
+                        raise
             except BaseException as exc:
                 if fifo:
                     exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
@@ -351,6 +383,8 @@ class Dispatcher:
                     )
             except Exception as exc:
                 exc.add_note(failure_note(handler, event_type, index))
+                if index is not None:
+                    set_batch_index(exc, index)
                 if failures is not None:
                     failures.append(exc)
                 elif self._on_error == "raise":

@@ -23,10 +23,6 @@ from typing import Any
 __all__ = ["add_commands"]
 
 
-class RedisUsageError(ValueError):
-    """Bad command-line input (reported by `domainbus.cli.main` as exit status 2)."""
-
-
 def add_commands(commands: Any) -> None:
     """Add `publish`, `worker` and `dead-letters` to the `domainbus` subcommands."""
     pub = commands.add_parser("publish", help="push an event file to Redis streams")
@@ -68,40 +64,54 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", required=True, metavar="NAME", help="stream name")
 
 
+def _usage_error(message: str) -> Exception:
+    """`domainbus.cli.UsageError` (exit status 2), imported late: that module imports this."""
+    from domainbus.cli import UsageError
+
+    return UsageError(message)
+
+
 def _redis() -> Any:
     try:
         import redis
     except ImportError:
-        raise RedisUsageError("redis-py is not installed: pip install 'domainbus[redis]'") from None
+        raise _usage_error("redis-py is not installed: pip install 'domainbus[redis]'") from None
     return redis
 
 
 def _codec(spec: str | None, module: Any) -> Any:
-    from domainbus.cli import _load_codec
+    from domainbus.cli import load_codec
 
-    return _load_codec(spec, module)
+    return load_codec(spec, module)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     redis = _redis()
     from domainbus import demo
-    from domainbus.cli import _check_input, _progress, _rate
+    from domainbus.cli import _rate, check_input
+    from domainbus.progress import progress
     from domainbus.redis.publisher import PublishError, RedisPublisher
 
-    _check_input(args.file, args.format)
+    check_input(args.file, args.format)
     if args.batch_size < 1:
-        raise RedisUsageError("--batch-size must be >= 1")
+        raise _usage_error("--batch-size must be >= 1")
     codec = _codec(args.codec, demo)
-    publisher = RedisPublisher(
-        args.redis, codec, stream=args.stream, partitions=args.partitions, maxlen=args.maxlen
-    )
+    try:
+        publisher = RedisPublisher(
+            args.redis, codec, stream=args.stream, partitions=args.partitions, maxlen=args.maxlen
+        )
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
     published = 0
     started = time.perf_counter()
+    reader = codec.iter_indexed_batches(args.file, args.batch_size, args.format)
     try:
-        with _progress("publishing", None) as advance:
-            for batch in codec.iter_batches(args.file, args.batch_size, args.format):
-                published += publisher.publish_batch(batch)
-                advance(len(batch))
+        with reader, progress("publishing") as advance:
+            for batch in reader:
+                published += publisher.publish_batch(batch.events)
+                advance(len(batch.events))
+    except ValueError as exc:  # e.g. the stream was set up with another partition count
+        raise _usage_error(str(exc)) from None
     except (PublishError, redis.RedisError) as exc:
         print(f"domainbus publish: {exc}", file=sys.stderr)
         print(f"  {published:,} events were published before it", file=sys.stderr)
@@ -116,35 +126,39 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     redis = _redis()
-    from domainbus.cli import _load_dispatcher
+    from domainbus.cli import load_dispatcher
     from domainbus.redis.worker import RedisWorker, WorkerStats
 
-    module, dispatcher = _load_dispatcher(args.target)
+    module, dispatcher = load_dispatcher(args.target)
     codec = _codec(args.codec, module)
 
     def report(stats: WorkerStats) -> None:
         print(stats.line(), flush=True)
 
-    worker = RedisWorker(
-        args.redis,
-        dispatcher,
-        codec=codec,
-        stream=args.stream,
-        group=args.group,
-        consumer=args.consumer,
-        partitions=args.partitions,
-        max_deliveries=args.max_deliveries,
-        retry_delay=args.retry_delay,
-        lease_ms=args.lease_ms,
-        heartbeat_s=args.heartbeat,
-        read_count=args.read_count,
-        report=report,
-        report_every=args.report_every,
-    )
+    options = {
+        "codec": codec,
+        "stream": args.stream,
+        "group": args.group,
+        "consumer": args.consumer,
+        "partitions": args.partitions,
+        "max_deliveries": args.max_deliveries,
+        "retry_delay": args.retry_delay,
+        "lease_ms": args.lease_ms,
+        "heartbeat_s": args.heartbeat,
+        "read_count": args.read_count,
+        "report": report,
+        "report_every": args.report_every,
+    }
+    try:
+        worker = RedisWorker(args.redis, dispatcher, **options)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
     print(f"{worker.consumer}: consuming {args.stream} as group {args.group}", flush=True)
     started = time.perf_counter()
     try:
         stats = worker.run()
+    except ValueError as exc:  # e.g. the stream was set up with another partition count
+        raise _usage_error(str(exc)) from None
     except redis.RedisError as exc:
         print(f"domainbus worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -166,7 +180,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             if args.ids or args.all:
-                raise RedisUsageError("list takes no ids and no --all")
+                raise _usage_error("list takes no ids and no --all")
             letters = dead.list(args.limit)
             for d in letters:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.failed_at))
@@ -178,11 +192,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{len(letters)} dead letter(s) in {dead.key}")
             return 0
         if bool(args.ids) == args.all:
-            raise RedisUsageError("requeue takes dead-letter ids or --all (not both)")
+            raise _usage_error("requeue takes dead-letter ids or --all (not both)")
         try:
             count = dead.requeue(None if args.all else args.ids)
         except KeyError as exc:
-            raise RedisUsageError(exc.args[0]) from None
+            raise _usage_error(exc.args[0]) from None
         print(f"requeued {count} dead letter(s) to their partition streams")
         return 0
     except redis.RedisError as exc:

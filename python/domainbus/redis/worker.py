@@ -46,7 +46,6 @@ import msgspec
 import redis
 
 from domainbus.codec import EventCodec
-from domainbus.codec.invalid import InvalidRecord
 from domainbus.errors import DecodeError
 from domainbus.redis.connection import connect, stream_partitions
 from domainbus.redis.dead_letters import dead_letter_fields, frame_of_records
@@ -438,16 +437,17 @@ class RedisWorker:
         """Decode record by record; dead-letter the records that fail, keep the others."""
         codec = self.codec
         try:
-            records = codec.split_msgpack_array(frame)
-        except InvalidRecord as invalid:
-            self._dead(partition, entry_id, [frame], -1, "undecodable", invalid.detail, deliveries,
+            records = codec.records.split_msgpack_array(frame)
+        except DecodeError as invalid:
+            error = f"DecodeError: {invalid.reason}: {invalid.detail}"
+            self._dead(partition, entry_id, [frame], -1, "undecodable", error, deliveries,
                        raw_frame=frame)  # fmt: skip
             return []
         events = []
         for index, record in enumerate(records):
             try:
-                events.append(codec.decode_msgpack_record(record))
-            except InvalidRecord as invalid:
+                events.append(codec.records.msgpack_record(record))
+            except DecodeError as invalid:
                 error = f"DecodeError: {invalid.reason}: {invalid.detail}"
                 self._dead(partition, entry_id, [record], index, "undecodable", error, deliveries)
         return events
@@ -568,8 +568,8 @@ class RedisWorker:
 def _records_or_none(codec: EventCodec, frame: bytes, count: int) -> list[msgspec.Raw] | None:
     """The raw records of a frame when they line up with its decoded events."""
     try:
-        records = codec.split_msgpack_array(frame)
-    except InvalidRecord:
+        records = codec.records.split_msgpack_array(frame)
+    except DecodeError:
         return None
     return records if len(records) == count else None
 
