@@ -447,12 +447,20 @@ def add_bench(commands: Commands) -> None:
     commands.add_parser("bench", help="run the benchmarks (domainbus bench --help)")
 
 
+def add_replay(commands: Commands) -> None:
+    """`domainbus replay`: rebuild a projection from an event store (domainbus.eventstore.cli)."""
+    from domainbus.eventstore.cli import add_commands
+
+    add_commands(commands)
+
+
 SUBCOMMANDS: list[Callable[[Commands], None]] = [
     add_generate,
     add_run,
     add_info,
     add_demo,
     add_bench,
+    add_replay,
     add_redis_commands,  # publish, worker, dead-letters (redis-py is imported when they run)
 ]
 """Each adds one subcommand to the parser (other modules append theirs here)."""
