@@ -34,6 +34,7 @@ from domainbus.codec.streams import JSONL_SUFFIXES, MSGPACK_SUFFIXES, Batch
 from domainbus.delivery import batch_index, failed_indexes
 from domainbus.events import DomainEvent
 from domainbus.progress import progress
+from domainbus.redis.cli import add_commands as add_redis_commands
 
 __all__ = ["SUBCOMMANDS", "UsageError", "build_parser", "main"]
 
@@ -460,6 +461,7 @@ SUBCOMMANDS: list[Callable[[Commands], None]] = [
     add_demo,
     add_bench,
     add_replay,
+    add_redis_commands,  # publish, worker, dead-letters (redis-py is imported when they run)
 ]
 """Each adds one subcommand to the parser (other modules append theirs here)."""
 

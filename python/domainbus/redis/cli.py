@@ -1,0 +1,204 @@
+"""The Redis commands of `domainbus` (registered by `domainbus.cli` through `add_commands`):
+
+    domainbus publish FILE --redis URL --stream NAME [--partitions N] [--codec MODULE:CODEC]
+    domainbus worker MODULE:DISPATCHER --redis URL --stream NAME --group GROUP
+                     [--consumer NAME] [--codec MODULE:CODEC] [--max-deliveries N] ...
+    domainbus dead-letters list|requeue --redis URL --stream NAME [ID ...] [--all]
+
+Importing this module needs no redis-py: the commands import it when they run (without it they
+say to install `domainbus[redis]`, exit status 2). `publish` reads the `generate`/`run` file
+formats (default codec: the demo schema's, as `generate` writes). `worker` prints a progress
+line (events/s, the group's lag) every `--report-every` seconds and exits 0 after SIGTERM or
+Ctrl-C, once its batch is acknowledged and its leases released. Exit status 1: Redis could not
+be reached or refused a command (the message says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+__all__ = ["add_commands"]
+
+
+def add_commands(commands: Any) -> None:
+    """Add `publish`, `worker` and `dead-letters` to the `domainbus` subcommands."""
+    pub = commands.add_parser("publish", help="push an event file to Redis streams")
+    pub.add_argument("file", metavar="FILE")
+    _connection_arguments(pub)
+    pub.add_argument("--partitions", type=int, default=16, help="partition streams (16)")
+    pub.add_argument("--format", help="msgpack or jsonl (default: detected)")
+    pub.add_argument("--batch-size", type=int, default=10_000, help="events per publish call")
+    pub.add_argument("--maxlen", type=int, help="trim each partition stream to about N entries")
+    pub.add_argument("--codec", metavar="MODULE:CODEC", help="default: the demo schema's codec")
+    pub.set_defaults(handler=cmd_publish)
+
+    work = commands.add_parser("worker", help="consume Redis streams with your dispatcher")
+    work.add_argument("target", metavar="MODULE:DISPATCHER", help="dispatcher, or a factory")
+    _connection_arguments(work)
+    work.add_argument("--group", required=True, help="consumer group")
+    work.add_argument("--consumer", help="unique name in the group (default: host-pid)")
+    work.add_argument("--partitions", type=int, help="default: as recorded for the stream")
+    work.add_argument("--codec", metavar="MODULE:CODEC", help="default: MODULE's `codec`")
+    work.add_argument("--max-deliveries", type=int, default=5)
+    work.add_argument("--retry-delay", type=float, default=1.0, help="seconds (1.0)")
+    work.add_argument("--lease-ms", type=int, default=5000)
+    work.add_argument("--heartbeat", type=float, default=0.25, help="seconds (0.25)")
+    work.add_argument("--read-count", type=int, default=2, help="entries per partition per read")
+    work.add_argument("--report-every", type=float, default=5.0, help="seconds (5.0)")
+    work.set_defaults(handler=cmd_worker)
+
+    dead = commands.add_parser("dead-letters", help="list or requeue a stream's dead letters")
+    dead.add_argument("action", choices=("list", "requeue"))
+    dead.add_argument("ids", nargs="*", metavar="ID", help="dead letters to requeue")
+    _connection_arguments(dead)
+    dead.add_argument("--all", action="store_true", help="requeue every dead letter")
+    dead.add_argument("--limit", type=int, help="list at most N")
+    dead.set_defaults(handler=cmd_dead_letters)
+
+
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db")
+    parser.add_argument("--stream", required=True, metavar="NAME", help="stream name")
+
+
+def _usage_error(message: str) -> Exception:
+    """`domainbus.cli.UsageError` (exit status 2), imported late: that module imports this."""
+    from domainbus.cli import UsageError
+
+    return UsageError(message)
+
+
+def _redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise _usage_error("redis-py is not installed: pip install 'domainbus[redis]'") from None
+    return redis
+
+
+def _codec(spec: str | None, module: Any) -> Any:
+    from domainbus.cli import load_codec
+
+    return load_codec(spec, module)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    redis = _redis()
+    from domainbus import demo
+    from domainbus.cli import _rate, check_input
+    from domainbus.progress import progress
+    from domainbus.redis.publisher import PublishError, RedisPublisher
+
+    check_input(args.file, args.format)
+    if args.batch_size < 1:
+        raise _usage_error("--batch-size must be >= 1")
+    codec = _codec(args.codec, demo)
+    try:
+        publisher = RedisPublisher(
+            args.redis, codec, stream=args.stream, partitions=args.partitions, maxlen=args.maxlen
+        )
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    published = 0
+    started = time.perf_counter()
+    reader = codec.iter_indexed_batches(args.file, args.batch_size, args.format)
+    try:
+        with reader, progress("publishing") as advance:
+            for batch in reader:
+                published += publisher.publish_batch(batch.events)
+                advance(len(batch.events))
+    except ValueError as exc:  # e.g. the stream was set up with another partition count
+        raise _usage_error(str(exc)) from None
+    except (PublishError, redis.RedisError) as exc:
+        print(f"domainbus publish: {exc}", file=sys.stderr)
+        print(f"  {published:,} events were published before it", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - started
+    print(
+        f"published {published:,} events to {args.stream} ({publisher.partitions} partitions) "
+        f"in {elapsed:.2f} s: {_rate(published, elapsed)}"
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    redis = _redis()
+    from domainbus.cli import load_dispatcher
+    from domainbus.redis.worker import RedisWorker, WorkerStats
+
+    module, dispatcher = load_dispatcher(args.target)
+    codec = _codec(args.codec, module)
+
+    def report(stats: WorkerStats) -> None:
+        print(stats.line(), flush=True)
+
+    options = {
+        "codec": codec,
+        "stream": args.stream,
+        "group": args.group,
+        "consumer": args.consumer,
+        "partitions": args.partitions,
+        "max_deliveries": args.max_deliveries,
+        "retry_delay": args.retry_delay,
+        "lease_ms": args.lease_ms,
+        "heartbeat_s": args.heartbeat,
+        "read_count": args.read_count,
+        "report": report,
+        "report_every": args.report_every,
+    }
+    try:
+        worker = RedisWorker(args.redis, dispatcher, **options)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    print(f"{worker.consumer}: consuming {args.stream} as group {args.group}", flush=True)
+    started = time.perf_counter()
+    try:
+        stats = worker.run()
+    except ValueError as exc:  # e.g. the stream was set up with another partition count
+        raise _usage_error(str(exc)) from None
+    except redis.RedisError as exc:
+        print(f"domainbus worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - started
+    print(
+        f"{worker.consumer}: stopped after {stats.events:,} events in {stats.entries:,} entries "
+        f"({stats.dead_letters:,} dead letters) in {elapsed:.1f} s",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    redis = _redis()
+    from domainbus.redis.connection import connect
+    from domainbus.redis.dead_letters import DeadLetters
+
+    dead = DeadLetters(connect(args.redis), args.stream)
+    try:
+        if args.action == "list":
+            if args.ids or args.all:
+                raise _usage_error("list takes no ids and no --all")
+            letters = dead.list(args.limit)
+            for d in letters:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.failed_at))
+                print(
+                    f"{d.id}  {d.source} entry {d.entry_id} index {d.index}  {d.count} event(s)  "
+                    f"{d.reason} after {d.deliveries} deliveries ({d.group}/{d.consumer}, "
+                    f"{stamp} UTC): {d.error}"
+                )
+            print(f"{len(letters)} dead letter(s) in {dead.key}")
+            return 0
+        if bool(args.ids) == args.all:
+            raise _usage_error("requeue takes dead-letter ids or --all (not both)")
+        try:
+            count = dead.requeue(None if args.all else args.ids)
+        except KeyError as exc:
+            raise _usage_error(exc.args[0]) from None
+        print(f"requeued {count} dead letter(s) to their partition streams")
+        return 0
+    except redis.RedisError as exc:
+        print(f"domainbus dead-letters: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,93 @@
+"""The `domainbus publish`, `worker` and `dead-letters` commands, and the lazy import."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from domainbus import demo
+from domainbus.cli import main
+from redis_support import PYTHON_EXE, subprocess_env
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON_EXE, "-m", "domainbus", *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_domainbus_does_not_import_redis() -> None:
+    code = (
+        "import sys, domainbus, domainbus.cli, domainbus.redis, domainbus.redis.cli; "
+        "domainbus.cli.build_parser(); print('redis' in sys.modules)"
+    )
+    out = subprocess.run(
+        [PYTHON_EXE, "-c", code], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_without_redis_py_the_commands_say_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from domainbus.cli import main\n"
+        "assert main(['info']) == 0\n"
+        "sys.exit(main(['worker', 'm:d', '--redis', 'redis://x', '--stream', 's', "
+        "'--group', 'g']))"
+    )
+    out = subprocess.run(
+        [PYTHON_EXE, "-c", code], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'domainbus[redis]'" in out.stderr
+
+
+def test_publish_a_generated_file_and_manage_dead_letters(
+    redis_server: Any, tmp_path: Path, capsys: Any
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    path = tmp_path / "events.msgpack"
+    assert main(["generate", str(path), "--count", "5000", "--types", "3"]) == 0
+    capsys.readouterr()
+    url = redis_server.url
+    assert main(["publish", str(path), "--redis", url, "--stream", "cli", "--partitions", "4"]) == 0
+    assert "published 5,000 events to cli (4 partitions)" in capsys.readouterr().out
+    counted = 0
+    for p in range(4):
+        for _, fields in client.xrange(f"cli:{p}"):
+            counted += len(demo.codec.decode_batch(fields[b"events"]))
+    assert counted == 5000
+
+    client.xadd("cli:dead", {"source": "cli:0", "events": b"\x90", "count": 0, "reason": "x"})
+    assert main(["dead-letters", "list", "--redis", url, "--stream", "cli"]) == 0
+    assert "1 dead letter(s) in cli:dead" in capsys.readouterr().out
+    assert main(["dead-letters", "requeue", "--redis", url, "--stream", "cli"]) == 2
+    assert "requeue takes dead-letter ids or --all" in capsys.readouterr().err
+    assert main(["dead-letters", "requeue", "9-9", "--redis", url, "--stream", "cli"]) == 2
+    assert "no dead letter with id 9-9" in capsys.readouterr().err
+    assert main(["dead-letters", "requeue", "--all", "--redis", url, "--stream", "cli"]) == 0
+    assert client.xlen("cli:dead") == 0
+
+
+def test_publish_to_an_unreachable_redis_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "e.msgpack"
+    assert main(["generate", str(path), "--count", "10"]) == 0
+    out = run("publish", str(path), "--redis", "redis://127.0.0.1:1/0", "--stream", "s")
+    assert out.returncode == 1
+    assert "0 events were published before it" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_worker_with_a_bad_target_is_a_usage_error() -> None:
+    out = run("worker", "nosuchmodule:d", "--redis", "redis://127.0.0.1:1/0", "--stream", "s",
+              "--group", "g")  # fmt: skip
+    assert out.returncode == 2
+    assert "cannot import module 'nosuchmodule'" in out.stderr
