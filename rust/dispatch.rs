@@ -17,8 +17,44 @@ use pyo3::types::PyType;
 
 use crate::dispatcher::{Config, Dispatcher, Nested};
 use crate::errors::{self, Policy};
+use crate::handled;
 use crate::nested::{self, FrameGuard};
 use crate::registry::{Registration, Resolved, Snapshot};
+use crate::unwind;
+
+/// Events between two looks at pending signals (Ctrl-C) and two chances for other threads to
+/// take the GIL: handlers and iterators written in C never give the eval loop either.
+const PACE: u32 = 1024;
+
+/// Counts the events of one `run` and, every `PACE` events, runs the signal handlers and
+/// releases the GIL for a moment, as the eval loop does between bytecodes.
+struct Pacer {
+    left: u32,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Self { left: PACE }
+    }
+
+    #[inline(always)]
+    fn tick(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.left -= 1;
+        if self.left == 0 {
+            self.left = PACE;
+            return Self::pause(py);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pause(py: Python<'_>) -> PyResult<()> {
+        unwind::check_signals(py)?;
+        unwind::yield_gil(py);
+        Ok(())
+    }
+}
 
 /// Slots of the direct-mapped table of types one `run` remembers (a power of two). A batch of
 /// mixed types then costs one pointer comparison per event, not a hash lookup in the shared
@@ -138,7 +174,8 @@ fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
 #[cold]
 #[inline(never)]
 fn reject_coroutine(handler: &Bound<'_, PyAny>, coroutine: &Bound<'_, PyAny>) -> PyErr {
-    if let Err(err) = coroutine.call_method0("close") {
+    let py = coroutine.py();
+    if let Err(err) = unwind::call_method(coroutine, pyo3::intern!(py, "close"), &[]) {
         return err;
     }
     match errors::describe_handler(handler) {
@@ -156,7 +193,8 @@ impl Dispatcher {
         I: Iterator<Item = PyResult<Bound<'py, PyAny>>>,
     {
         let _depth = RecursionGuard::enter(py)?;
-        if self.nested == Nested::Queue && nested::is_active(self.id) {
+        let config = self.config.load();
+        if config.nested == Nested::Queue && nested::is_active(self.id) {
             for event in events {
                 if nested::push(self.id, event?.unbind()).is_err() {
                     // the outermost call sits below us on this thread, so it cannot have ended
@@ -165,14 +203,15 @@ impl Dispatcher {
             }
             return Ok(0);
         }
-        let config = self.config.load();
         let mut failures = matches!(config.on_error, Policy::Collect).then(Vec::new);
         let mut cursor = Cursor::new();
+        let mut pacer = Pacer::new();
         let mut calls = 0u64;
-        if self.nested == Nested::Immediate {
+        if config.nested == Nested::Immediate {
             for (index, event) in events.enumerate() {
                 let index = batch.then_some(index);
                 calls += self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+                pacer.tick(py)?;
             }
         } else {
             let _frame = FrameGuard::enter(self.id);
@@ -181,6 +220,7 @@ impl Dispatcher {
                     let index = batch.then_some(index);
                     calls +=
                         self.dispatch_one(&mut cursor, &config, &event?, index, &mut failures)?;
+                    pacer.tick(py)?;
                     while let Some(inner) = nested::pop(self.id) {
                         calls += self.dispatch_one(
                             &mut cursor,
@@ -189,6 +229,7 @@ impl Dispatcher {
                             None,
                             &mut failures,
                         )?;
+                        pacer.tick(py)?;
                     }
                 }
                 Ok(())
@@ -223,7 +264,7 @@ impl Dispatcher {
         let regs = cursor.resolve(self, &event_type)?;
         if regs.is_empty() {
             if let Some(on_unhandled) = &config.on_unhandled {
-                on_unhandled.bind(py).call1((event,))?;
+                unwind::call1(on_unhandled.bind(py), event)?;
             }
             return Ok(0);
         }
@@ -247,7 +288,7 @@ impl Dispatcher {
                 continue;
             }
             calls += 1;
-            let failure = match handler.call1((event,)) {
+            let failure = match unwind::call1(handler, event) {
                 Ok(result) if result.is_none() || !is_coroutine(&result) => continue,
                 Ok(coroutine) => reject_coroutine(handler, &coroutine),
                 Err(err) => err,
@@ -290,8 +331,7 @@ impl Dispatcher {
         }
         match &config.on_error {
             Policy::Callback(callback) => {
-                callback.bind(py).call1((err.value(py), event, handler))?;
-                Ok(())
+                handled::call_on_error(callback.bind(py), err, event, handler).map(drop)
             }
             _ => Err(err),
         }

@@ -17,13 +17,28 @@ mod awaiting;
 mod dispatch;
 mod dispatcher;
 mod errors;
+mod handled;
 mod ids;
 mod nested;
 mod queue;
 mod registry;
+mod unwind;
+
+const SUBINTERPRETER: &str = "domainbus._core cannot be imported in a sub-interpreter: its \
+classes and the exceptions it raises belong to the main interpreter. Use domainbus.pure there \
+(`import domainbus` falls back to it by itself).";
+
+/// True in the main interpreter (the only one this extension supports).
+fn in_main_interpreter() -> bool {
+    // SAFETY: called with the GIL held (module initialisation); both calls only read state.
+    unsafe { pyo3::ffi::PyInterpreterState_Get() == pyo3::ffi::PyInterpreterState_Main() }
+}
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    if !in_main_interpreter() {
+        return Err(pyo3::exceptions::PyImportError::new_err(SUBINTERPRETER));
+    }
     m.add_class::<dispatcher::Dispatcher>()?;
     m.add_class::<dispatcher::HandlerDecorator>()?;
     m.add_class::<async_plan::Planned>()?;

@@ -276,8 +276,8 @@ impl BatchQueue {
             let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
                 return Ok(false);
             };
-            py.detach(|| shared.wait_until(wait, done));
-            py.check_signals()?;
+            crate::unwind::detach(py, || shared.wait_until(wait, done));
+            crate::unwind::check_signals(py)?;
         }
     }
 

@@ -6,11 +6,9 @@
 
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use arc_swap::ArcSwap;
 use pyo3::gc::PyVisit;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::PyTraverseError;
@@ -85,9 +83,14 @@ struct CacheEntry {
     regs: Resolved,
 }
 
+/// Resolved lists by type address. A plain map behind a mutex, held only for one lookup or
+/// insert (never across Python code, and nothing Python is dropped under it): the first
+/// dispatch of a new class costs the same however many classes are cached.
+type Cache = Mutex<HashMap<usize, CacheEntry>>;
+
 pub struct Snapshot {
     pub registry: Registry,
-    cache: ArcSwap<HashMap<usize, Arc<CacheEntry>>>,
+    cache: Cache,
 }
 
 pub fn type_key(event_type: &Bound<'_, PyType>) -> usize {
@@ -98,7 +101,7 @@ impl Snapshot {
     pub fn new(registry: Registry) -> Self {
         Self {
             registry,
-            cache: ArcSwap::default(),
+            cache: Mutex::new(HashMap::default()),
         }
     }
 
@@ -111,13 +114,11 @@ impl Snapshot {
     /// The resolved list for `event_type`, computed along its `__mro__` on a cache miss.
     pub fn resolve(&self, event_type: &Bound<'_, PyType>) -> PyResult<Resolved> {
         let key = type_key(event_type);
-        if let Some(entry) = self.cache.load().get(&key) {
-            return Ok(entry.regs.clone());
+        let cached = self.lock_cache().get(&key).map(|entry| entry.regs.clone());
+        if let Some(regs) = cached {
+            return Ok(regs);
         }
-        let py = event_type.py();
-        let mro = event_type
-            .getattr(intern!(py, "__mro__"))?
-            .cast_into::<PyTuple>()?;
+        let mro = real_mro(event_type)?;
         let mut found: Vec<Arc<Registration>> = Vec::new();
         for klass in mro.iter() {
             if let Some(entry) = self.registry.get(&(klass.as_ptr() as usize)) {
@@ -126,20 +127,22 @@ impl Snapshot {
         }
         found.sort_by_key(|reg| (Reverse(reg.priority), reg.seq));
         let resolved: Resolved = found.into();
-        let entry = Arc::new(CacheEntry {
+        let entry = CacheEntry {
             _event_type: event_type.clone().unbind(),
             regs: resolved.clone(),
-        });
-        self.cache.rcu(|cache| {
-            let mut cache = if cache.len() >= CACHE_LIMIT {
-                HashMap::default()
-            } else {
-                HashMap::clone(cache)
-            };
-            cache.insert(key, entry.clone());
-            cache
-        });
+        };
+        let dropped = {
+            let mut cache = self.lock_cache();
+            let full = cache.len() >= CACHE_LIMIT;
+            let old = full.then(|| std::mem::take(&mut *cache));
+            (old, cache.insert(key, entry))
+        };
+        drop(dropped); // outside the lock: releasing the classes may run Python code
         Ok(resolved)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<usize, CacheEntry>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A registry with `reg` appended to its class's list.
@@ -182,9 +185,29 @@ impl Snapshot {
                 visit.call(&reg.target)?;
             }
         }
-        for entry in self.cache.load().values() {
-            visit.call(&entry._event_type)?;
+        // Held only briefly and never while Python code (so the GC) runs; if it were held,
+        // the classes would merely stay uncollected this time.
+        if let Ok(cache) = self.cache.try_lock() {
+            for entry in cache.values() {
+                visit.call(&entry._event_type)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// The MRO the interpreter uses for `event_type` (its `tp_mro`), whatever a metaclass's own
+/// `__mro__` attribute would say.
+fn real_mro<'py>(event_type: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
+    let py = event_type.py();
+    // SAFETY: the GIL is held and `event_type` is a live, ready type object; `tp_mro` is a
+    // borrowed reference to a tuple (or NULL before PyType_Ready), taken over as a new one.
+    let mro = unsafe {
+        let mro = (*event_type.as_type_ptr()).tp_mro;
+        Bound::from_borrowed_ptr_or_opt(py, mro)
+    };
+    match mro {
+        Some(mro) => Ok(mro.cast_into::<PyTuple>()?),
+        None => Ok(PyTuple::new(py, [event_type])?),
     }
 }

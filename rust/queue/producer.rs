@@ -140,11 +140,11 @@ impl Producer<'_> {
             let Some(wait) = args::next_wait(self.deadline, WAIT_SLICE) else {
                 return Err(args::full(py, self.capacity, false, accepted));
             };
-            match py.detach(|| shared.push_or_wait(event, wait)) {
+            match crate::unwind::detach(py, || shared.push_or_wait(event, wait)) {
                 Room::Pushed => return Ok(()),
                 Room::Waiting(back) => event = back,
             }
-            py.check_signals()?;
+            crate::unwind::check_signals(py)?;
             check_accepting(py, shared, accepted)?;
         }
     }
