@@ -104,6 +104,18 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
+def _as_awaited(awaitable: Awaitable[object]) -> Awaitable[object]:
+    """What a task can run: `awaitable` itself, or a coroutine doing `await awaitable` (so an
+    odd awaitable fails in the task as `await` would make it fail, not in ensure_future)."""
+    if inspect.iscoroutine(awaitable) or asyncio.isfuture(awaitable):
+        return awaitable
+    return _await(awaitable)
+
+
+async def _await(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
 def _discard(awaitable: Awaitable[object]) -> None:
     """Drop an awaitable that will never be awaited, without a "never awaited" warning."""
     if inspect.iscoroutine(awaitable):
@@ -168,7 +180,9 @@ class _Run:
             raise
         if not pending:
             return
-        tasks: list[asyncio.Future[object]] = [asyncio.ensure_future(a) for _, a in pending]
+        tasks: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(_as_awaited(a)) for _, a in pending
+        ]
         if self.raising:
             await self._first_failure_cancels(tasks, pending, event, event_type, index)
             return
@@ -177,7 +191,7 @@ class _Run:
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
-                await self.fail(result, event, handler, event_type, index)
+                await self.fail_handling(result, event, handler, event_type, index)
 
     async def _first_failure_cancels(
         self,
@@ -209,7 +223,17 @@ class _Run:
         if exc is not None and not isinstance(exc, Exception):
             raise exc
         assert isinstance(exc, Exception)
-        await self.fail(exc, event, handler, event_type, index)
+        await self.fail_handling(exc, event, handler, event_type, index)
+
+    async def fail_handling(
+        self, exc: Exception, event: object, handler: Any, event_type: type, index: int | None
+    ) -> None:
+        """`fail` for an exception a task ended with: made the one being handled first, as
+        `fail` is called from an `except` block everywhere else (rule 8 of the dispatcher)."""
+        try:
+            raise exc
+        except Exception:
+            await self.fail(exc, event, handler, event_type, index)
 
     async def fail(
         self, exc: Exception, event: object, handler: Any, event_type: type, index: int | None
