@@ -173,3 +173,38 @@ pub fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
 pub fn yield_gil(py: Python<'_>) {
     detach(py, || ());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::types::PyList;
+
+    #[test]
+    fn guarded_returns_the_value_and_lets_panics_through() {
+        assert_eq!(guarded(|| 41 + 1), 42);
+        let caught = std::panic::catch_unwind(|| guarded(|| panic!("a Rust panic")));
+        assert!(caught.is_err()); // not parked: a Rust panic unwinds as usual
+    }
+
+    #[test]
+    fn calls_iterates_and_compares_like_python() {
+        Python::initialize();
+        Python::attach(|py| {
+            let list = PyList::empty(py);
+            let append = list.getattr("append").unwrap();
+            let item = 7i64.into_pyobject(py).unwrap().into_any();
+            call1(&append, &item).unwrap();
+            call(&append, &[&item]).unwrap();
+            assert_eq!(list.len(), 2);
+            let iterator = list.try_iter().unwrap().into_any();
+            assert!(next(&iterator).is_some_and(|item| item.is_ok()));
+            assert!(next(&iterator).is_some());
+            assert!(next(&iterator).is_none());
+            assert!(equal(&item, &7i64.into_pyobject(py).unwrap().into_any()).unwrap());
+            let error = call1(&item, &item).unwrap_err(); // int is not callable
+            assert!(error.is_instance_of::<pyo3::exceptions::PyTypeError>(py));
+            check_signals(py).unwrap();
+            yield_gil(py);
+        });
+    }
+}
