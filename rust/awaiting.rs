@@ -22,7 +22,7 @@ use pyo3::PyTraverseError;
 
 use crate::dispatcher::{Config, Dispatcher};
 use crate::errors::{self, Policy};
-use crate::registry::{Resolved, Snapshot};
+use crate::registry::Reg;
 
 /// What an awaitable being driven belongs to: a handler's result, or a hook's.
 enum Owner {
@@ -70,10 +70,11 @@ pub struct AsyncDispatch {
     next_index: usize,
     config: Arc<Config>,
     version: u64,
-    snapshot: Option<Arc<Snapshot>>,
-    /// Event types resolved under `snapshot` (held, so their addresses stay unique) and their
-    /// registrations; `slot` is the current event's.
-    types: Vec<(Py<PyType>, Resolved)>,
+    /// Event types resolved under registry `version` (held, so their addresses stay unique)
+    /// and their registrations, each one our own reference (reported to the GC: a handler
+    /// unregistered or consumed meanwhile is kept by nothing else); `slot` is the current
+    /// event's.
+    types: Vec<(Py<PyType>, Vec<Reg>)>,
     slot: usize,
     current: Option<Current>,
     awaiting: Option<Awaiting>,
@@ -200,7 +201,6 @@ impl AsyncDispatch {
             next_index: 0,
             config,
             version: u64::MAX,
-            snapshot: None,
             types: Vec::new(),
             slot: 0,
             current: None,
@@ -344,13 +344,12 @@ impl AsyncDispatch {
         self.next_index += 1;
         let dispatcher = self.dispatcher.get();
         let version = dispatcher.version.load(Ordering::Acquire);
-        if version != self.version || self.snapshot.is_none() {
-            self.snapshot = Some(dispatcher.state.load_full());
+        if version != self.version {
             self.version = version;
             self.types.clear();
         }
         let event_type = event.get_type();
-        let is_current = |types: &[(Py<PyType>, Resolved)], slot: usize| {
+        let is_current = |types: &[(Py<PyType>, Vec<Reg>)], slot: usize| {
             types
                 .get(slot)
                 .is_some_and(|(t, _)| t.as_ptr() == event_type.as_ptr())
@@ -359,10 +358,9 @@ impl AsyncDispatch {
             match (0..self.types.len()).find(|&i| is_current(&self.types, i)) {
                 Some(slot) => self.slot = slot,
                 None => {
-                    let regs = match &self.snapshot {
-                        Some(snapshot) => snapshot.resolve(&event_type)?,
-                        None => Arc::new([]),
-                    };
+                    // resolved in the registry of `version` or a newer one (rule 4 either way)
+                    let resolved = dispatcher.state.load().resolve(&event_type)?;
+                    let regs = resolved.iter().map(|reg| reg.clone_ref(py)).collect();
                     if self.types.len() == REMEMBERED_TYPES {
                         self.types.clear();
                     }
@@ -501,8 +499,11 @@ impl AsyncDispatch {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.dispatcher)?;
         visit.call(&self.events)?;
-        for (event_type, _) in &self.types {
+        for (event_type, regs) in &self.types {
             visit.call(event_type)?;
+            for reg in regs {
+                visit.call(reg)?;
+            }
         }
         for err in self.failures.iter().flatten().chain(&self.pending_error) {
             visit.call(err)?;

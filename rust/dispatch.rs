@@ -19,7 +19,7 @@ use crate::dispatcher::{Config, Dispatcher, Nested};
 use crate::errors::{self, Policy};
 use crate::handled;
 use crate::nested::{self, FrameGuard};
-use crate::registry::{Registration, Resolved, Snapshot};
+use crate::registry::{Reg, Resolved, Snapshot};
 use crate::unwind;
 
 /// Events between two looks at pending signals (Ctrl-C) and two chances for other threads to
@@ -270,6 +270,8 @@ impl Dispatcher {
         }
         let mut calls = 0;
         for reg in regs.iter() {
+            let reg_ref = reg;
+            let reg = reg_ref.get();
             // `Dispatcher::take` inlined: a strong handler is borrowed, not cloned (measured
             // ~4 ns an event faster on mixed batches than calling `take`)
             let weak_target;
@@ -284,7 +286,7 @@ impl Dispatcher {
             } else {
                 reg.target.bind(py)
             };
-            if reg.once && !self.consume(py, reg)? {
+            if reg.once && !self.consume(py, reg_ref)? {
                 continue;
             }
             calls += 1;
@@ -339,8 +341,8 @@ impl Dispatcher {
 
     /// Claim and unregister a `once` registration; false when someone else claimed it first.
     #[inline(never)]
-    pub(crate) fn consume(&self, py: Python<'_>, reg: &Arc<Registration>) -> PyResult<bool> {
-        if !reg.claim() {
+    pub(crate) fn consume(&self, py: Python<'_>, reg: &Reg) -> PyResult<bool> {
+        if !reg.get().claim() {
             return Ok(false);
         }
         self.update(|snapshot| Ok(snapshot.without(py, reg)))?;

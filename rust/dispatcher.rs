@@ -13,10 +13,10 @@ use pyo3::types::{
 };
 use pyo3::{intern, PyTraverseError};
 
-use crate::async_plan::{async_driver, Planned};
+use crate::async_plan::async_driver;
 use crate::awaiting::AsyncDispatch;
 use crate::errors::Policy;
-use crate::registry::{Registration, Registry, Snapshot};
+use crate::registry::{Reg, Registration, Registry, Snapshot};
 
 static NEXT_DISPATCHER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -175,23 +175,23 @@ impl Dispatcher {
         event_type: &Bound<'_, PyType>,
         handler: &Bound<'_, PyAny>,
         rescan: bool,
-    ) -> PyResult<Option<Arc<Registration>>> {
+    ) -> PyResult<Option<Reg>> {
         let py = event_type.py();
-        let mut compared: Vec<Arc<Registration>> = Vec::new();
+        let mut compared: Vec<Reg> = Vec::new();
         loop {
             let snapshot = self.state.load_full();
-            let fresh: Vec<Arc<Registration>> = snapshot
+            let fresh: Vec<Reg> = snapshot
                 .registrations(event_type)
                 .iter()
-                .filter(|reg| !compared.iter().any(|seen| Arc::ptr_eq(seen, reg)))
-                .cloned()
+                .filter(|reg| !compared.iter().any(|seen| seen.is(*reg)))
+                .map(|reg| reg.clone_ref(py))
                 .collect();
             drop(snapshot);
             if fresh.is_empty() {
                 return Ok(None);
             }
             for reg in fresh {
-                if let Some(existing) = reg.live_handler(py)? {
+                if let Some(existing) = reg.get().live_handler(py)? {
                     if crate::unwind::equal(&existing, handler)? {
                         return Ok(Some(reg));
                     }
@@ -363,17 +363,20 @@ impl Dispatcher {
             return Ok(handler.clone());
         }
         let seq = this.next_seq.fetch_add(1, Ordering::Relaxed);
-        let reg = Arc::new(Registration::new(
-            event_type.clone().unbind(),
-            target.unbind(),
-            options.priority,
-            seq,
-            options.once,
-            options.weak,
-        ));
+        let reg = Py::new(
+            py,
+            Registration::new(
+                event_type.clone().unbind(),
+                target.unbind(),
+                options.priority,
+                seq,
+                options.once,
+                options.weak,
+            ),
+        )?;
         // No Python code runs from here to the swap: a retry is only ever caused by another
         // thread's change, and sees the registrations as they are then.
-        this.update(|snapshot| Ok(Some(snapshot.with_added(py, reg.clone()))))?;
+        this.update(|snapshot| Ok(Some(snapshot.with_added(py, reg.clone_ref(py)))))?;
         Ok(handler.clone())
     }
 
@@ -416,7 +419,7 @@ impl Dispatcher {
         let resolved = self.state.load().resolve(event_type)?;
         let mut live = Vec::with_capacity(resolved.len());
         for reg in resolved.iter() {
-            live.extend(reg.live_handler(py)?);
+            live.extend(reg.get().live_handler(py)?);
         }
         PyTuple::new(py, live)
     }
@@ -434,7 +437,7 @@ impl Dispatcher {
                 .registry
                 .values()
                 .flat_map(|entry| entry.regs.iter())
-                .find(|reg| reg.target.bind(py).is(weak_ref));
+                .find(|reg| reg.get().target.bind(py).is(weak_ref));
             Ok(dead.and_then(|reg| snapshot.without(py, reg)))
         })
         .map(drop)
@@ -505,9 +508,9 @@ impl Dispatcher {
     fn _take<'py>(
         &self,
         py: Python<'py>,
-        planned: PyRef<'py, Planned>,
+        planned: Bound<'py, Registration>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.take(py, &planned.reg)
+        self.take(py, &planned.unbind())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -41,7 +41,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_class::<dispatcher::Dispatcher>()?;
     m.add_class::<dispatcher::HandlerDecorator>()?;
-    m.add_class::<async_plan::Planned>()?;
+    m.add_class::<registry::Registration>()?;
     m.add_class::<awaiting::AsyncDispatch>()?;
     m.add_class::<queue::BatchQueue>()?;
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;

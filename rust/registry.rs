@@ -18,6 +18,11 @@ use rustc_hash::FxHashMap as HashMap;
 const CACHE_LIMIT: usize = 4096;
 
 /// One (class, handler) registration. `target` is the handler, or a weak reference to it.
+///
+/// A Python object (opaque; `Planned` in the async plans), so that every holder of one owns
+/// its own reference and reports it to the GC: a registration kept only by a suspended
+/// `dispatch_async` (a `once` handler it consumed, an unregistered one) is collectable.
+#[pyclass(frozen, module = "domainbus.rust", name = "Planned")]
 pub struct Registration {
     pub event_type: Py<PyType>,
     pub target: Py<PyAny>,
@@ -66,13 +71,24 @@ impl Registration {
     }
 }
 
+#[pymethods]
+impl Registration {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_type)?;
+        visit.call(&self.target)
+    }
+}
+
+/// A registration held by one owner (who reports it to the GC).
+pub type Reg = Py<Registration>;
+
 /// Resolved handlers of one concrete type, highest priority first, then oldest.
-pub type Resolved = Arc<[Arc<Registration>]>;
+pub type Resolved = Arc<[Reg]>;
 
 /// The registrations made for exactly one class, in registration order.
 pub struct ClassEntry {
     pub event_type: Py<PyType>,
-    pub regs: Vec<Arc<Registration>>,
+    pub regs: Vec<Reg>,
 }
 
 /// Keyed by the class object's address; the entry holds the class, so the address stays valid.
@@ -105,7 +121,7 @@ impl Snapshot {
         }
     }
 
-    pub fn registrations(&self, event_type: &Bound<'_, PyType>) -> &[Arc<Registration>] {
+    pub fn registrations(&self, event_type: &Bound<'_, PyType>) -> &[Reg] {
         self.registry
             .get(&type_key(event_type))
             .map_or(&[], |entry| entry.regs.as_slice())
@@ -118,14 +134,15 @@ impl Snapshot {
         if let Some(regs) = cached {
             return Ok(regs);
         }
+        let py = event_type.py();
         let mro = real_mro(event_type)?;
-        let mut found: Vec<Arc<Registration>> = Vec::new();
+        let mut found: Vec<Reg> = Vec::new();
         for klass in mro.iter() {
             if let Some(entry) = self.registry.get(&(klass.as_ptr() as usize)) {
-                found.extend(entry.regs.iter().cloned());
+                found.extend(entry.regs.iter().map(|reg| reg.clone_ref(py)));
             }
         }
-        found.sort_by_key(|reg| (Reverse(reg.priority), reg.seq));
+        found.sort_by_key(|reg| (Reverse(reg.get().priority), reg.get().seq));
         let resolved: Resolved = found.into();
         let entry = CacheEntry {
             _event_type: event_type.clone().unbind(),
@@ -146,26 +163,26 @@ impl Snapshot {
     }
 
     /// A registry with `reg` appended to its class's list.
-    pub fn with_added(&self, py: Python<'_>, reg: Arc<Registration>) -> Registry {
-        let key = type_key(reg.event_type.bind(py));
+    pub fn with_added(&self, py: Python<'_>, reg: Reg) -> Registry {
+        let key = type_key(reg.get().event_type.bind(py));
         let mut registry = self.registry.clone();
-        let mut regs = registry
+        let mut regs: Vec<Reg> = registry
             .get(&key)
-            .map(|entry| entry.regs.clone())
+            .map(|entry| entry.regs.iter().map(|r| r.clone_ref(py)).collect())
             .unwrap_or_default();
-        let event_type = reg.event_type.clone_ref(py);
+        let event_type = reg.get().event_type.clone_ref(py);
         regs.push(reg);
         registry.insert(key, Arc::new(ClassEntry { event_type, regs }));
         registry
     }
 
     /// A registry without `reg`, or None when this snapshot does not hold it.
-    pub fn without(&self, py: Python<'_>, reg: &Arc<Registration>) -> Option<Registry> {
-        let key = type_key(reg.event_type.bind(py));
+    pub fn without(&self, py: Python<'_>, reg: &Reg) -> Option<Registry> {
+        let key = type_key(reg.get().event_type.bind(py));
         let entry = self.registry.get(&key)?;
-        let position = entry.regs.iter().position(|r| Arc::ptr_eq(r, reg))?;
+        let position = entry.regs.iter().position(|r| r.is(reg))?;
         let mut registry = self.registry.clone();
-        let mut regs = entry.regs.clone();
+        let mut regs: Vec<Reg> = entry.regs.iter().map(|r| r.clone_ref(py)).collect();
         regs.remove(position);
         if regs.is_empty() {
             registry.remove(&key);
@@ -181,8 +198,7 @@ impl Snapshot {
         for entry in self.registry.values() {
             visit.call(&entry.event_type)?;
             for reg in &entry.regs {
-                visit.call(&reg.event_type)?;
-                visit.call(&reg.target)?;
+                visit.call(reg)?;
             }
         }
         // Held only briefly and never while Python code (so the GC) runs; if it were held,
@@ -190,6 +206,9 @@ impl Snapshot {
         if let Ok(cache) = self.cache.try_lock() {
             for entry in cache.values() {
                 visit.call(&entry._event_type)?;
+                for reg in entry.regs.iter() {
+                    visit.call(reg)?;
+                }
             }
         }
         Ok(())

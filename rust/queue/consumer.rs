@@ -113,6 +113,15 @@ pub struct BatchFeed {
 
 #[pymethods]
 impl BatchFeed {
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Ok(items) = self.items.try_lock() {
+            for event in items.0.iter() {
+                visit.call(event)?;
+            }
+        }
+        Ok(())
+    }
+
     fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }

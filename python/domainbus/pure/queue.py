@@ -170,6 +170,21 @@ class BatchQueue:
         self._consuming = False  # the consumer role: held by the worker or a drain() call
         self._consumer: int | None = None  # thread ident of the role holder
         self._sleeping = False
+        self._reported = False  # the exit hook reported what is left (rule 6)
+
+    def __del__(self) -> None:
+        """Rule 7: a queue freed with events still queued reports them."""
+        try:
+            left = len(self._events) + len(self._pending)
+            if left and not self._reported:
+                self._reported = True
+                warnings.warn(
+                    f"domainbus: a BatchQueue was freed with {left} undispatched event(s)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+        except AttributeError:  # __init__ failed before _reset()
+            pass
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -533,6 +548,7 @@ class BatchQueue:
                 exc.add_note(_EXIT_NOTE)
                 traceback.print_exception(exc)
         left = len(self)
+        self._reported = True
         if left:
             warnings.warn(
                 f"domainbus: a BatchQueue still held {left} undispatched event(s) "
