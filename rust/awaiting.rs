@@ -447,7 +447,7 @@ impl Drop for AsyncDispatch {
 
 /// The coroutine's state for one step; a step re-entered from its own handlers (a handler
 /// awaiting or sending into the coroutine that runs it) is refused as Python refuses it.
-fn running<'a, 'py>(slf: &'a Bound<'py, AsyncDispatch>) -> PyResult<PyRefMut<'py, AsyncDispatch>> {
+fn running<'py>(slf: &Bound<'py, AsyncDispatch>) -> PyResult<PyRefMut<'py, AsyncDispatch>> {
     slf.try_borrow_mut()
         .map_err(|_| PyValueError::new_err("coroutine already executing"))
 }

@@ -195,9 +195,7 @@ def test_exception_raised_in_on_error_chains_to_the_original(make_dispatcher: An
 
 
 @pytest.mark.parametrize("concurrent", [False, True])
-def test_async_on_error_callback_sees_the_exception(
-    make_dispatcher: Any, concurrent: bool
-) -> None:
+def test_async_on_error_callback_sees_the_exception(make_dispatcher: Any, concurrent: bool) -> None:
     got: list[Any] = []
 
     def on_error(exc: Exception, event: object, handler: object) -> None:

@@ -120,11 +120,14 @@ d.register_handler(Event, handler)
 
 
 def test_ctrl_c_leaving_with_block_still_drains_at_exit(backend: ModuleType) -> None:
-    code = REPORT_AT_EXIT + """
+    code = (
+        REPORT_AT_EXIT
+        + """
 TOTAL, INTERRUPT_AT = 400, 20
 with backend.BatchQueue(d, batch_size=16) as q:
     q.put_many(Event(n) for n in range(TOTAL))
 """
+    )
     child = run_child(backend, code)
     assert_no_abort(child)
     assert "KeyboardInterrupt" in child.stderr
@@ -134,12 +137,15 @@ with backend.BatchQueue(d, batch_size=16) as q:
 
 
 def test_ctrl_c_during_the_exit_drain_exits_normally(backend: ModuleType) -> None:
-    code = REPORT_AT_EXIT + """
+    code = (
+        REPORT_AT_EXIT
+        + """
 TOTAL, INTERRUPT_AT = 2000, 20
 q = backend.BatchQueue(d, batch_size=16)
 q.put_many(Event(n) for n in range(TOTAL))
 q.start()
 """
+    )
     child = run_child(backend, code)
     assert_no_abort(child)
     assert child.returncode == 0, child.stderr
