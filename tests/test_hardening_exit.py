@@ -47,7 +47,7 @@ def assert_no_abort(child: subprocess.CompletedProcess[str]) -> None:
 
 
 DAEMON_DISPATCHERS = """
-import threading, time
+import asyncio, threading, time
 
 class Event:
     pass
@@ -82,8 +82,26 @@ def singles():
 def generated():
     d.dispatch_batch(events())
 
-started = []
-for target in (batches, batches, singles, generated):
+async def async_handler(event):
+    await asyncio.sleep(0.0005)
+
+a = backend.Dispatcher()
+a.register_handler(Event, async_handler)
+
+def async_loop():
+    async def forever():
+        while True:
+            await a.dispatch_async(Event())
+            await a.dispatch_batch_async([Event(), Event()], concurrent=True)
+    asyncio.run(forever())
+
+full = backend.BatchQueue(d, capacity=1)  # never started: the producer blocks in put()
+
+def producer():
+    while True:
+        full.put(Event())
+
+for target in (batches, batches, singles, generated, async_loop, producer):
     threading.Thread(target=target, daemon=True).start()
 time.sleep(0.3)
 print("main done")
@@ -96,6 +114,7 @@ def test_daemon_threads_dispatching_at_exit(backend: ModuleType) -> None:
         assert_no_abort(child)
         assert child.returncode == 0, child.stderr
         assert child.stdout == "main done\n"
+        assert "still held 1 undispatched event(s)" in child.stderr  # the full queue
 
 
 REPORT_AT_EXIT = """

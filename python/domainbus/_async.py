@@ -6,7 +6,10 @@ the handler to call, or None when it was a weak handler whose target is gone or 
 someone else already claimed. This module only adds awaiting, so the rules are those of
 `dispatch` (see `domainbus.pure.dispatcher`), plus:
 
-- a handler's return value that is awaitable is awaited before the next handler is called
+- a handler's return value that is awaitable (`inspect.isawaitable`: an ABC-registered class
+  counts, a class whose `__await__` is None does not) is awaited as `await` does it (so an
+  awaitable without `__await__`, or whose `__await__` returns a non-iterator, is that handler's
+  TypeError), before the next handler is called
   (sequential), or, with `concurrent=True`, the awaitables of one event's handlers run together
   as tasks and the event is done when all are. Under "raise" the first failure cancels its
   siblings and propagates; under "collect" and with a callback every task finishes and failures
