@@ -42,6 +42,35 @@ extern "C-unwind" {
     fn PyErr_CheckSignals() -> c_int;
 }
 
+type VectorcallFn = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+type UnaryFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
+type SendFn = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+    *mut *mut ffi::PyObject,
+) -> ffi::PySendResult;
+type CompareFn = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+    c_int,
+) -> *mut ffi::PyObject;
+type TruthFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject) -> c_int;
+type SignalsFn = unsafe extern "C-unwind" fn() -> c_int;
+
+/// The function, called through a pointer the optimizer cannot see through. With LTO, our
+/// "C-unwind" declarations merge with pyo3-ffi's "C" ones (same symbols), and a direct call
+/// would be taken for one that cannot unwind, leaving the guard out; an indirect call through
+/// a "C-unwind" pointer keeps it.
+#[inline(always)]
+fn opaque<F: Copy>(function: F) -> F {
+    std::hint::black_box(function)
+}
+
 /// `PY_VECTORCALL_ARGUMENTS_OFFSET`: the callee may use `args[-1]` (saves a copy for methods).
 const ARGUMENTS_OFFSET: usize = 1 << (usize::BITS - 1);
 
@@ -87,7 +116,7 @@ pub fn call<'py>(
     // call, `slots[0]` is the scratch slot PY_VECTORCALL_ARGUMENTS_OFFSET allows the callee to
     // use; the result is a new reference or NULL with an exception set.
     let result = guarded(|| unsafe {
-        PyObject_Vectorcall(
+        opaque(PyObject_Vectorcall as VectorcallFn)(
             callable.as_ptr(),
             slots.as_ptr().add(1),
             count | ARGUMENTS_OFFSET,
@@ -121,7 +150,7 @@ pub fn call_method<'py>(
 pub fn next<'py>(iterator: &Bound<'py, PyAny>) -> Option<PyResult<Bound<'py, PyAny>>> {
     let py = iterator.py();
     // SAFETY: the GIL is held and `iterator` is a live iterator; a new reference or NULL.
-    let item = guarded(|| unsafe { PyIter_Next(iterator.as_ptr()) });
+    let item = guarded(|| unsafe { opaque(PyIter_Next as UnaryFn)(iterator.as_ptr()) });
     if item.is_null() {
         return PyErr::take(py).map(Err);
     }
@@ -137,7 +166,9 @@ pub fn send(
     let mut result: *mut ffi::PyObject = ptr::null_mut();
     // SAFETY: the GIL is held, both objects are live; `result` receives a new reference (or
     // NULL with an exception set), which the caller takes over.
-    let status = guarded(|| unsafe { PyIter_Send(iterator.as_ptr(), value.as_ptr(), &mut result) });
+    let status = guarded(|| unsafe {
+        opaque(PyIter_Send as SendFn)(iterator.as_ptr(), value.as_ptr(), &mut result)
+    });
     (status, result)
 }
 
@@ -145,11 +176,13 @@ pub fn send(
 pub fn equal(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = a.py();
     // SAFETY: the GIL is held, both objects are live; a new reference or NULL.
-    let result = guarded(|| unsafe { PyObject_RichCompare(a.as_ptr(), b.as_ptr(), ffi::Py_EQ) });
+    let result = guarded(|| unsafe {
+        opaque(PyObject_RichCompare as CompareFn)(a.as_ptr(), b.as_ptr(), ffi::Py_EQ)
+    });
     // SAFETY: an owned reference, or NULL with the error set.
     let result = unsafe { Bound::from_owned_ptr_or_err(py, result) }?;
     // SAFETY: `result` is live; -1 means an error is set.
-    match guarded(|| unsafe { PyObject_IsTrue(result.as_ptr()) }) {
+    match guarded(|| unsafe { opaque(PyObject_IsTrue as TruthFn)(result.as_ptr()) }) {
         -1 => Err(PyErr::fetch(py)),
         truth => Ok(truth != 0),
     }
@@ -158,7 +191,7 @@ pub fn equal(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// Run pending signal handlers (KeyboardInterrupt for Ctrl-C) on the main thread.
 pub fn check_signals(py: Python<'_>) -> PyResult<()> {
     // SAFETY: the GIL is held; -1 means a handler raised and the error is set.
-    match guarded(|| unsafe { PyErr_CheckSignals() }) {
+    match guarded(|| unsafe { opaque(PyErr_CheckSignals as SignalsFn)() }) {
         -1 => Err(PyErr::fetch(py)),
         _ => Ok(()),
     }
