@@ -20,7 +20,9 @@ someone else already claimed. This module only adds awaiting, so the rules are t
   `dispatch` called from inside is not queued: it runs as its own outermost call;
 - an awaitable returned by `on_unhandled` or by an `on_error` callback is awaited too;
 - cancelling the awaiting task propagates CancelledError at the handler being awaited; the
-  handlers after it are not called, and no coroutine is left un-awaited.
+  handlers after it are not called, and no coroutine is left un-awaited;
+- re-entering the coroutine while it runs (a handler sending into the dispatch that called
+  it) raises ValueError("coroutine already executing"), as for any coroutine.
 """
 
 from __future__ import annotations

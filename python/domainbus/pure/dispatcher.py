@@ -33,6 +33,9 @@ module to learn what a dispatcher does; the numbered rules below are the README'
     about a thousand events) and lets other threads take the GIL, even when the handlers and the
     iterator are C code. A `Dispatcher` subclass may take its own `__init__` arguments and pass
     the options on with `super().__init__(**options)`.
+12. At interpreter exit a daemon thread still dispatching is stopped by the interpreter where
+    it waits for the GIL (the Rust backend parks it there, as CPython 3.14 does); the process
+    exits normally. Sub-interpreters get this backend (the Rust extension does not import).
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ Rules (pinned by tests/test_queue.py on both backends):
    drain) is reported on stderr and the next queue still gets its turn, one warning per queue
    with its own count. A Ctrl-C that interrupts `stop()` (or leaving `with`) leaves the
    consumer running: a later `stop()`, or the exit hook, waits for it and drains the rest.
-   A consumer still running when the interpreter finalizes (its drain interrupted) is parked
-   there, never killed mid-handler, and the process exits normally.
+   A consumer still running when the interpreter finalizes (its drain interrupted) is stopped
+   by the interpreter like any daemon thread (the Rust backend parks it where it waits for the
+   GIL), and the process exits normally.
 7. A queue that the garbage collector frees (it was part of a reference cycle) while events
    were still queued reports them with a RuntimeWarning, as at exit.
 
