@@ -129,3 +129,20 @@ def test_dispatcher_in_a_cycle_with_its_handlers_and_options(make_dispatcher: An
         return weakref.ref(marker)
 
     assert_collected(build)
+
+
+def test_handler_decorator_in_a_cycle(make_dispatcher: Any) -> None:
+    def build() -> weakref.ref[Any]:
+        d = make_dispatcher()
+        decorate = d.handler(Event)
+        marker = Marker()
+
+        @decorate
+        def handler(event: object) -> None:
+            if decorate is None or marker is None:  # refers to its decorator (and the marker)
+                raise AssertionError
+
+        d.dispatch(Event())
+        return weakref.ref(marker)
+
+    assert_collected(build)
