@@ -26,22 +26,29 @@ use crate::unwind;
 /// take the GIL: handlers and iterators written in C never give the eval loop either.
 const PACE: u32 = 1024;
 
-/// Counts the events of one `run` and, every `PACE` events, runs the signal handlers and
-/// releases the GIL for a moment, as the eval loop does between bytecodes.
-struct Pacer {
-    left: u32,
+thread_local! {
+    /// Events this thread may still dispatch before the next pause (counted across calls, so
+    /// a C loop of single `dispatch` calls pauses too).
+    static LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(PACE) };
 }
+
+/// Every `PACE` events dispatched on a thread: run the signal handlers and release the GIL
+/// for a moment, as the eval loop does between bytecodes.
+struct Pacer;
 
 impl Pacer {
     fn new() -> Self {
-        Self { left: PACE }
+        Self
     }
 
     #[inline(always)]
     fn tick(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.left -= 1;
-        if self.left == 0 {
-            self.left = PACE;
+        let left = LEFT.with(|left| {
+            let now = left.get().saturating_sub(1);
+            left.set(if now == 0 { PACE } else { now });
+            now
+        });
+        if left == 0 {
             return Self::pause(py);
         }
         Ok(())

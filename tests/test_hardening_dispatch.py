@@ -120,6 +120,19 @@ def test_ctrl_c_interrupts_a_batch_of_c_handlers(make_dispatcher: Any) -> None:
     assert not seen or seen[0] < 10_000  # interrupted within the batch, not after it
 
 
+def test_ctrl_c_interrupts_a_c_loop_of_single_dispatches(make_dispatcher: Any) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    seen = collections.deque(maxlen=1)
+    d = make_dispatcher()
+    d.register_handler(signal.Signals, _thread.interrupt_main)
+    d.register_handler(int, seen.append)
+    events = itertools.chain([signal.SIGINT], range(3_000_000))
+    with pytest.raises(KeyboardInterrupt):
+        collections.deque(map(d.dispatch, events), maxlen=0)  # a loop written in C
+    assert not seen or seen[0] < 10_000
+
+
 def test_other_threads_run_during_a_batch_of_c_handlers(make_dispatcher: Any) -> None:
     seen = collections.deque(maxlen=1)
     d = make_dispatcher()
