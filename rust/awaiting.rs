@@ -335,7 +335,7 @@ impl AsyncDispatch {
         let Some(events) = self.events.as_ref() else {
             return Ok(false);
         };
-        let Some(event) = events.bind(py).clone().next() else {
+        let Some(event) = crate::unwind::next(events.bind(py).as_any()) else {
             self.events = None;
             return Ok(false);
         };

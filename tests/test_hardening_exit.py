@@ -101,7 +101,17 @@ def producer():
     while True:
         full.put(Event())
 
-for target in (batches, batches, singles, generated, async_loop, producer):
+def async_generated():
+    asyncio.run(a.dispatch_batch_async(events()))  # the fast path, a Python iterator
+
+big = backend.BatchQueue(d)
+
+def generated_producer():
+    big.put_many(events())
+
+threads = (batches, batches, singles, generated, async_loop, producer, async_generated,
+           generated_producer)
+for target in threads:
     threading.Thread(target=target, daemon=True).start()
 time.sleep(0.3)
 print("main done")

@@ -64,8 +64,11 @@ impl Producer<'_> {
             let mut items = tuple.iter();
             self.push_all(py, || items.next().map(Ok), true, &mut accepted)
         } else {
-            let mut iterator = events.try_iter().map_err(|err| not_iterable(events, err))?;
-            self.push_all(py, || iterator.next(), false, &mut accepted)
+            let iterator = events
+                .try_iter()
+                .map_err(|err| not_iterable(events, err))?
+                .into_any();
+            self.push_all(py, || crate::unwind::next(&iterator), false, &mut accepted)
         };
         let Err(err) = result else {
             return Ok(accepted);
