@@ -28,6 +28,9 @@ use crate::registry::Reg;
 enum Owner {
     Handler(Py<PyAny>),
     Hook,
+    /// An `on_error` callback's awaitable: driven while its exception is being handled, as
+    /// the general path awaits it inside its `except` block.
+    ErrorHook(Py<PyAny>),
 }
 
 struct Awaiting {
@@ -239,9 +242,17 @@ impl AsyncDispatch {
             if let Some(awaiting) = self.awaiting.take() {
                 let iter = awaiting.iter.bind(py);
                 let given = std::mem::replace(input, Input::Send(py.None()));
-                let sent = match given {
-                    Input::Send(value) => send_into(iter, value.bind(py)),
-                    Input::Throw(err) => throw_into(iter, err),
+                let sent = {
+                    let _handling = match &awaiting.owner {
+                        Owner::ErrorHook(exception) => {
+                            Some(crate::handled::Handling::enter(exception.bind(py)))
+                        }
+                        _ => None,
+                    };
+                    match given {
+                        Input::Send(value) => send_into(iter, value.bind(py)),
+                        Input::Throw(err) => throw_into(iter, err),
+                    }
                 };
                 match sent {
                     Ok(Sent::Yielded(value)) => {
@@ -251,7 +262,7 @@ impl AsyncDispatch {
                     Ok(Sent::Returned) => {}
                     Err(err) => match awaiting.owner {
                         Owner::Handler(handler) => self.fail(py, err, handler.bind(py))?,
-                        Owner::Hook => return Err(err),
+                        Owner::Hook | Owner::ErrorHook(_) => return Err(err),
                     },
                 }
                 continue;
@@ -417,11 +428,12 @@ impl AsyncDispatch {
             return Err(err);
         };
         let event = current.event.bind(py);
-        let result = crate::handled::call_on_error(callback.bind(py), err, event, handler)?;
+        let exception = err.into_value(py).into_bound(py).into_any();
+        let result = crate::handled::call_handling(callback.bind(py), &exception, event, handler)?;
         if let Some(iter) = await_iter(&result)? {
             self.awaiting = Some(Awaiting {
                 iter: iter.unbind(),
-                owner: Owner::Hook,
+                owner: Owner::ErrorHook(exception.unbind()),
             });
         }
         Ok(())
@@ -514,8 +526,9 @@ impl AsyncDispatch {
         }
         if let Some(awaiting) = &self.awaiting {
             visit.call(&awaiting.iter)?;
-            if let Owner::Handler(handler) = &awaiting.owner {
-                visit.call(handler)?;
+            match &awaiting.owner {
+                Owner::Handler(object) | Owner::ErrorHook(object) => visit.call(object)?,
+                Owner::Hook => {}
             }
         }
         Ok(())

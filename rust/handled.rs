@@ -8,12 +8,12 @@ use pyo3::prelude::*;
 use crate::unwind;
 
 /// Makes `exception` the handled exception until dropped, then restores the previous one.
-struct Handling {
+pub struct Handling {
     previous: *mut ffi::PyObject,
 }
 
 impl Handling {
-    fn enter(exception: &Bound<'_, PyAny>) -> Self {
+    pub fn enter(exception: &Bound<'_, PyAny>) -> Self {
         // SAFETY: the GIL is held; GetHandledException returns a new reference (or NULL) and
         // SetHandledException only borrows its argument.
         unsafe {
@@ -46,6 +46,16 @@ pub fn call_on_error<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = callback.py();
     let exception = err.into_value(py).into_bound(py).into_any();
-    let _handling = Handling::enter(&exception);
-    unwind::call(callback, &[&exception, event, handler])
+    call_handling(callback, &exception, event, handler)
+}
+
+/// `callback(exception, event, handler)` with `exception` being handled.
+pub fn call_handling<'py>(
+    callback: &Bound<'py, PyAny>,
+    exception: &Bound<'py, PyAny>,
+    event: &Bound<'py, PyAny>,
+    handler: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let _handling = Handling::enter(exception);
+    unwind::call(callback, &[exception, event, handler])
 }

@@ -226,6 +226,23 @@ def test_async_on_error_callback_sees_the_exception(make_dispatcher: Any, concur
     assert "afailing" in [f.name for f in traceback.extract_tb(exc.__traceback__)]
 
 
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_async_on_error_coroutine_sees_the_exception(
+    make_dispatcher: Any, concurrent: bool
+) -> None:
+    got: list[Any] = []
+
+    async def on_error(exc: Exception, event: object, handler: object) -> None:
+        got.append(sys.exc_info()[1] is exc)
+        await asyncio.sleep(0)
+        got.append(sys.exc_info()[1] is exc)
+
+    d = make_dispatcher(on_error=on_error)
+    d.register_handler(A, failing)
+    assert asyncio.run(d.dispatch_async(A(), concurrent=concurrent)) == 1
+    assert got == [True, True]
+
+
 def test_queue_on_error_callback_sees_the_exception(backend: ModuleType) -> None:
     got: list[Any] = []
 
