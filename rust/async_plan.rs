@@ -2,20 +2,12 @@
 //! way to take each handler (weak dereference, `once` claim). The awaiting itself happens in
 //! `domainbus._async`, shared with the pure backend, so both follow one set of async rules.
 
-use std::sync::Arc;
-
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyTuple, PyType};
 
 use crate::dispatcher::Dispatcher;
-use crate::registry::Registration;
-
-/// One registration of a plan, opaque to Python.
-#[pyclass(frozen, module = "domainbus.rust")]
-pub struct Planned {
-    pub(crate) reg: Arc<Registration>,
-}
+use crate::registry::Reg;
 
 impl Dispatcher {
     /// The registrations an event of `event_type` goes to now, as `Planned` objects.
@@ -27,8 +19,8 @@ impl Dispatcher {
         let resolved = self.state.load().resolve(event_type)?;
         let planned = resolved
             .iter()
-            .map(|reg| Planned { reg: reg.clone() }.into_pyobject(py))
-            .collect::<PyResult<Vec<_>>>()?;
+            .map(|reg| reg.clone_ref(py))
+            .collect::<Vec<_>>();
         PyTuple::new(py, planned)
     }
 
@@ -37,12 +29,12 @@ impl Dispatcher {
     pub(crate) fn take<'py>(
         &self,
         py: Python<'py>,
-        reg: &Arc<Registration>,
+        reg: &Reg,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(handler) = reg.live_handler(py)? else {
+        let Some(handler) = reg.get().live_handler(py)? else {
             return Ok(None);
         };
-        if reg.once && !self.consume(py, reg)? {
+        if reg.get().once && !self.consume(py, reg)? {
             return Ok(None);
         }
         Ok(Some(handler))

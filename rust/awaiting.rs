@@ -11,22 +11,26 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyIterator, PyType};
 use pyo3::PyTraverseError;
 
 use crate::dispatcher::{Config, Dispatcher};
 use crate::errors::{self, Policy};
-use crate::registry::{Resolved, Snapshot};
+use crate::registry::Reg;
 
 /// What an awaitable being driven belongs to: a handler's result, or a hook's.
 enum Owner {
     Handler(Py<PyAny>),
     Hook,
+    /// An `on_error` callback's awaitable: driven while its exception is being handled, as
+    /// the general path awaits it inside its `except` block.
+    ErrorHook(Py<PyAny>),
 }
 
 struct Awaiting {
@@ -71,17 +75,19 @@ pub struct AsyncDispatch {
     in_event: Option<usize>,
     config: Arc<Config>,
     version: u64,
-    snapshot: Option<Arc<Snapshot>>,
-    /// Event types resolved under `snapshot` (held, so their addresses stay unique) and their
-    /// registrations; `slot` is the current event's.
-    types: Vec<(Py<PyType>, Resolved)>,
+    /// Event types resolved under registry `version` (held, so their addresses stay unique)
+    /// and their registrations, each one our own reference (reported to the GC: a handler
+    /// unregistered or consumed meanwhile is kept by nothing else); `slot` is the current
+    /// event's.
+    types: Vec<(Py<PyType>, Vec<Reg>)>,
     slot: usize,
     current: Option<Current>,
     awaiting: Option<Awaiting>,
     calls: u64,
-    failures: Option<Vec<PyErr>>,
+    /// The exceptions collected under "collect" (as objects, so the GC sees them).
+    failures: Option<Vec<Py<PyAny>>>,
     /// An error found when the call was made, raised when first awaited (as a coroutine would).
-    pending_error: Option<PyErr>,
+    pending_error: Option<Py<PyAny>>,
     started: bool,
     done: bool,
 }
@@ -104,19 +110,55 @@ fn await_iter<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAn
         let iterable_coroutine = flags & ffi::CO_ITERABLE_COROUTINE != 0;
         return Ok(iterable_coroutine.then(|| value.clone()));
     }
-    if value.get_type().hasattr(intern!(py, "__await__"))? {
-        return value.call_method0(intern!(py, "__await__")).map(Some);
+    if value.is_none() || !is_awaitable(value)? {
+        return Ok(None);
     }
-    Ok(None)
+    // what `await value` does with it (the general path awaits it)
+    let class = value.get_type();
+    let Ok(method) = class.getattr(intern!(py, "__await__")) else {
+        return Err(PyTypeError::new_err(format!(
+            "object {} can't be used in 'await' expression",
+            class.name()?
+        )));
+    };
+    let iter = crate::unwind::call1(&method, value)?;
+    // SAFETY: `iter` is a live object; these checks only read its type.
+    let (coroutine, iterator) = unsafe {
+        (
+            ffi::PyCoro_CheckExact(iter.as_ptr()) != 0,
+            ffi::PyIter_Check(iter.as_ptr()) != 0,
+        )
+    };
+    if coroutine {
+        return Err(PyTypeError::new_err("__await__() returned a coroutine"));
+    }
+    if !iterator {
+        return Err(PyTypeError::new_err(format!(
+            "__await__() returned non-iterator of type '{}'",
+            iter.get_type().name()?
+        )));
+    }
+    Ok(Some(iter))
+}
+
+static IS_AWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `inspect.isawaitable(value)`: the general path's test (an ABC registration counts, a class
+/// whose `__await__` is None does not).
+fn is_awaitable(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = value.py();
+    let test = IS_AWAITABLE.get_or_try_init(py, || {
+        py.import(intern!(py, "inspect"))?
+            .getattr(intern!(py, "isawaitable"))
+            .map(Bound::unbind)
+    })?;
+    crate::unwind::call1(test.bind(py), value)?.is_truthy()
 }
 
 /// One step of an awaitable: `PyIter_Send`, which reports completion without StopIteration.
 fn send_into<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
     let py = iter.py();
-    let mut result: *mut ffi::PyObject = std::ptr::null_mut();
-    // SAFETY: both objects are live for the call; `result` receives a new reference (or NULL
-    // on error, with the exception set), which is taken over below.
-    let status = unsafe { ffi::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut result) };
+    let (status, result) = crate::unwind::send(iter, value);
     match status {
         ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
         ffi::PySendResult::PYGEN_NEXT => {
@@ -137,7 +179,8 @@ fn throw_into<'py>(iter: &Bound<'py, PyAny>, err: PyErr) -> PyResult<Sent<'py>> 
     if !iter.hasattr(intern!(py, "throw"))? {
         return Err(err);
     }
-    match iter.call_method1(intern!(py, "throw"), (err.into_value(py),)) {
+    let value = err.into_value(py).into_bound(py).into_any();
+    match crate::unwind::call_method(iter, intern!(py, "throw"), &[&value]) {
         Ok(value) => Ok(Sent::Yielded(value)),
         Err(err) if err.is_instance_of::<PyStopIteration>(py) => Ok(Sent::Returned),
         Err(err) => Err(err),
@@ -152,7 +195,7 @@ impl AsyncDispatch {
     ) -> Self {
         let (events, pending_error) = match events {
             Ok(events) => (Some(events.unbind()), None),
-            Err(err) => (None, Some(err)),
+            Err(err) => (None, Some(err.into_value(dispatcher.py()).into_any())),
         };
         let config = dispatcher.get().config.load_full();
         let failures = matches!(config.on_error, Policy::Collect).then(Vec::new);
@@ -164,7 +207,6 @@ impl AsyncDispatch {
             in_event: None,
             config,
             version: u64::MAX,
-            snapshot: None,
             types: Vec::new(),
             slot: 0,
             current: None,
@@ -187,7 +229,7 @@ impl AsyncDispatch {
         self.started = true;
         if let Some(err) = self.pending_error.take() {
             self.done = true;
-            return Err(err);
+            return Err(PyErr::from_value(err.into_bound(py)));
         }
         let outcome = self.run(py, &mut input);
         if let (Err(err), Some(index)) = (&outcome, self.in_event) {
@@ -206,9 +248,17 @@ impl AsyncDispatch {
             if let Some(awaiting) = self.awaiting.take() {
                 let iter = awaiting.iter.bind(py);
                 let given = std::mem::replace(input, Input::Send(py.None()));
-                let sent = match given {
-                    Input::Send(value) => send_into(iter, value.bind(py)),
-                    Input::Throw(err) => throw_into(iter, err),
+                let sent = {
+                    let _handling = match &awaiting.owner {
+                        Owner::ErrorHook(exception) => {
+                            Some(crate::handled::Handling::enter(exception.bind(py)))
+                        }
+                        _ => None,
+                    };
+                    match given {
+                        Input::Send(value) => send_into(iter, value.bind(py)),
+                        Input::Throw(err) => throw_into(iter, err),
+                    }
                 };
                 match sent {
                     Ok(Sent::Yielded(value)) => {
@@ -218,7 +268,7 @@ impl AsyncDispatch {
                     Ok(Sent::Returned) => {}
                     Err(err) => match awaiting.owner {
                         Owner::Handler(handler) => self.fail(py, err, handler.bind(py))?,
-                        Owner::Hook => return Err(err),
+                        Owner::Hook | Owner::ErrorHook(_) => return Err(err),
                     },
                 }
                 continue;
@@ -232,6 +282,10 @@ impl AsyncDispatch {
                 Advance::Finished => {
                     return match self.failures.take() {
                         Some(failures) if !failures.is_empty() => {
+                            let failures = failures
+                                .into_iter()
+                                .map(|err| PyErr::from_value(err.into_bound(py)))
+                                .collect();
                             Err(errors::exception_group(py, failures))
                         }
                         _ => Err(PyStopIteration::new_err((self.calls,))),
@@ -265,8 +319,7 @@ impl AsyncDispatch {
                 continue;
             };
             self.calls += 1;
-            let result = handler
-                .call1((current.event.bind(py),))
+            let result = crate::unwind::call1(&handler, current.event.bind(py))
                 .and_then(|r| await_iter(&r))
                 .and_then(|iter| match iter {
                     None => Ok(None),
@@ -300,7 +353,7 @@ impl AsyncDispatch {
         let Some(events) = self.events.as_ref() else {
             return Ok(false);
         };
-        let Some(event) = events.bind(py).clone().next() else {
+        let Some(event) = crate::unwind::next(events.bind(py).as_any()) else {
             self.events = None;
             return Ok(false);
         };
@@ -310,13 +363,12 @@ impl AsyncDispatch {
         self.next_index += 1;
         let dispatcher = self.dispatcher.get();
         let version = dispatcher.version.load(Ordering::Acquire);
-        if version != self.version || self.snapshot.is_none() {
-            self.snapshot = Some(dispatcher.state.load_full());
+        if version != self.version {
             self.version = version;
             self.types.clear();
         }
         let event_type = event.get_type();
-        let is_current = |types: &[(Py<PyType>, Resolved)], slot: usize| {
+        let is_current = |types: &[(Py<PyType>, Vec<Reg>)], slot: usize| {
             types
                 .get(slot)
                 .is_some_and(|(t, _)| t.as_ptr() == event_type.as_ptr())
@@ -325,10 +377,9 @@ impl AsyncDispatch {
             match (0..self.types.len()).find(|&i| is_current(&self.types, i)) {
                 Some(slot) => self.slot = slot,
                 None => {
-                    let regs = match &self.snapshot {
-                        Some(snapshot) => snapshot.resolve(&event_type)?,
-                        None => Arc::new([]),
-                    };
+                    // resolved in the registry of `version` or a newer one (rule 4 either way)
+                    let resolved = dispatcher.state.load().resolve(&event_type)?;
+                    let regs = resolved.iter().map(|reg| reg.clone_ref(py)).collect();
                     if self.types.len() == REMEMBERED_TYPES {
                         self.types.clear();
                     }
@@ -343,7 +394,7 @@ impl AsyncDispatch {
             .is_none_or(|(_, regs)| regs.is_empty())
         {
             if let Some(hook) = &self.config.on_unhandled {
-                let result = hook.bind(py).call1((&event,))?;
+                let result = crate::unwind::call1(hook.bind(py), &event)?;
                 if let Some(iter) = await_iter(&result)? {
                     self.awaiting = Some(Awaiting {
                         iter: iter.unbind(),
@@ -381,18 +432,19 @@ impl AsyncDispatch {
             errors::set_batch_index(py, &err, index);
         }
         if let Some(failures) = self.failures.as_mut() {
-            failures.push(err);
+            failures.push(err.into_value(py).into_any());
             return Ok(());
         }
         let Policy::Callback(callback) = &self.config.on_error else {
             return Err(err);
         };
         let event = current.event.bind(py);
-        let result = callback.bind(py).call1((err.value(py), event, handler))?;
+        let exception = err.into_value(py).into_bound(py).into_any();
+        let result = crate::handled::call_handling(callback.bind(py), &exception, event, handler)?;
         if let Some(iter) = await_iter(&result)? {
             self.awaiting = Some(Awaiting {
                 iter: iter.unbind(),
-                owner: Owner::Hook,
+                owner: Owner::ErrorHook(exception.unbind()),
             });
         }
         Ok(())
@@ -416,6 +468,13 @@ impl Drop for AsyncDispatch {
     }
 }
 
+/// The coroutine's state for one step; a step re-entered from its own handlers (a handler
+/// awaiting or sending into the coroutine that runs it) is refused as Python refuses it.
+fn running<'py>(slf: &Bound<'py, AsyncDispatch>) -> PyResult<PyRefMut<'py, AsyncDispatch>> {
+    slf.try_borrow_mut()
+        .map_err(|_| PyValueError::new_err("coroutine already executing"))
+}
+
 #[pymethods]
 impl AsyncDispatch {
     fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -426,23 +485,25 @@ impl AsyncDispatch {
         slf
     }
 
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.step(py, Input::Send(py.None()))
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        running(slf)?.step(py, Input::Send(py.None()))
     }
 
-    fn send<'py>(&mut self, py: Python<'py>, value: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        self.step(py, Input::Send(value))
+    fn send<'py>(slf: &Bound<'py, Self>, value: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        running(slf)?.step(slf.py(), Input::Send(value))
     }
 
     #[pyo3(signature = (exc, value = None, traceback = None))]
     fn throw<'py>(
-        &mut self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         exc: &Bound<'py, PyAny>,
         value: Option<&Bound<'py, PyAny>>,
         traceback: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = traceback;
+        let py = slf.py();
+        let mut this = running(slf)?;
         let err = match value {
             Some(value) if exc.is_instance_of::<PyType>() && !value.is_none() => {
                 PyErr::from_value(exc.call1((value,))?)
@@ -450,23 +511,35 @@ impl AsyncDispatch {
             _ if exc.is_instance_of::<PyType>() => PyErr::from_value(exc.call0()?),
             _ => PyErr::from_value(exc.clone()),
         };
-        if self.done {
+        if this.done {
             return Err(err);
         }
-        self.step(py, Input::Throw(err))
+        this.step(py, Input::Throw(err))
     }
 
+    /// Every Python object this coroutine owns by itself (the config and the resolved lists are
+    /// shared with the dispatcher, which reports them).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.dispatcher)?;
         visit.call(&self.events)?;
+        for (event_type, regs) in &self.types {
+            visit.call(event_type)?;
+            for reg in regs {
+                visit.call(reg)?;
+            }
+        }
+        for err in self.failures.iter().flatten().chain(&self.pending_error) {
+            visit.call(err)?;
+        }
         if let Some(current) = &self.current {
             visit.call(&current.event)?;
             visit.call(&current.event_type)?;
         }
         if let Some(awaiting) = &self.awaiting {
             visit.call(&awaiting.iter)?;
-            if let Owner::Handler(handler) = &awaiting.owner {
-                visit.call(handler)?;
+            match &awaiting.owner {
+                Owner::Handler(object) | Owner::ErrorHook(object) => visit.call(object)?,
+                Owner::Hook => {}
             }
         }
         Ok(())
@@ -477,19 +550,27 @@ impl AsyncDispatch {
         self.events = None;
         self.current = None;
         self.awaiting = None;
+        self.types.clear();
+        self.failures = None;
+        self.pending_error = None;
         self.done = true;
     }
 
     /// Stop: close the awaitable in progress; the remaining handlers are not called.
-    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.started = true;
-        self.done = true;
-        self.current = None;
-        self.events = None;
-        if let Some(awaiting) = self.awaiting.take() {
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let awaiting = {
+            let mut this = running(slf)?;
+            this.started = true;
+            this.done = true;
+            this.current = None;
+            this.events = None;
+            this.awaiting.take()
+        };
+        if let Some(awaiting) = awaiting {
             let iter = awaiting.iter.bind(py);
             if iter.hasattr(intern!(py, "close"))? {
-                iter.call_method0(intern!(py, "close"))?;
+                crate::unwind::call_method(iter, intern!(py, "close"), &[])?;
             }
         }
         Ok(())

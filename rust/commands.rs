@@ -84,7 +84,7 @@ impl Direct {
             // SAFETY: GIL held; `args[1]` is the live command, `args[0]` writable scratch as
             // PY_VECTORCALL_ARGUMENTS_OFFSET allows; `func` is owned by the entry.
             let raw = unsafe {
-                ffi::PyObject_Vectorcall(
+                crate::unwind::vectorcall(
                     self.func.as_ptr(),
                     args.as_mut_ptr().add(1),
                     1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
@@ -111,7 +111,7 @@ impl Direct {
             // values the entry owns for the duration of the call), `args[0]` is writable
             // scratch as the offset flag allows; `kwnames` is a tuple of `n` strings or NULL.
             unsafe {
-                ffi::PyObject_Vectorcall(
+                crate::unwind::vectorcall(
                     self.func.as_ptr(),
                     args.as_mut_ptr().add(1),
                     nargsf,
@@ -125,7 +125,7 @@ impl Direct {
             args.extend(self.values.iter().map(|v| v.as_ptr()));
             // SAFETY: as above, with the arguments on the heap.
             unsafe {
-                ffi::PyObject_Vectorcall(
+                crate::unwind::vectorcall(
                     self.func.as_ptr(),
                     args.as_mut_ptr().add(1),
                     nargsf,
@@ -413,7 +413,7 @@ fn call_entry<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let outcome = match &entry.direct {
         Some(direct) => direct.call(py, command),
-        None => entry.call.bind(py).call1((command,)),
+        None => crate::unwind::call1(entry.call.bind(py), command),
     };
     match outcome {
         Ok(result) if !is_coroutine(&result) => Ok(result),
@@ -521,7 +521,7 @@ impl Dispatcher {
             Bound::from_borrowed_ptr(py, raw).cast_into_unchecked::<CommandRoute>()
         };
         let entry = &route.get().entry;
-        if this.nested == Nested::Queue && !nested::is_active(this.id) {
+        if this.config.load().nested == Nested::Queue && !nested::is_active(this.id) {
             return this.execute_outermost(py, entry, command);
         }
         call_entry(py, entry, command)

@@ -17,8 +17,51 @@ use pyo3::types::PyType;
 
 use crate::dispatcher::{Config, Dispatcher, Nested};
 use crate::errors::{self, Policy};
+use crate::handled;
 use crate::nested::{self, FrameGuard};
-use crate::registry::{Registration, Resolved, Snapshot};
+use crate::registry::{Reg, Resolved, Snapshot};
+use crate::unwind;
+
+/// Events between two looks at pending signals (Ctrl-C) and two chances for other threads to
+/// take the GIL: handlers and iterators written in C never give the eval loop either.
+const PACE: u32 = 1024;
+
+thread_local! {
+    /// Events this thread may still dispatch before the next pause (counted across calls, so
+    /// a C loop of single `dispatch` calls pauses too).
+    static LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(PACE) };
+}
+
+/// Every `PACE` events dispatched on a thread: run the signal handlers and release the GIL
+/// for a moment, as the eval loop does between bytecodes.
+struct Pacer;
+
+impl Pacer {
+    fn new() -> Self {
+        Self
+    }
+
+    #[inline(always)]
+    fn tick(&mut self, py: Python<'_>) -> PyResult<()> {
+        let left = LEFT.with(|left| {
+            let now = left.get().saturating_sub(1);
+            left.set(if now == 0 { PACE } else { now });
+            now
+        });
+        if left == 0 {
+            return Self::pause(py);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pause(py: Python<'_>) -> PyResult<()> {
+        unwind::check_signals(py)?;
+        unwind::yield_gil(py);
+        Ok(())
+    }
+}
 
 /// Slots of the direct-mapped table of types one `run` remembers (a power of two). A batch of
 /// mixed types then costs one pointer comparison per event, not a hash lookup in the shared
@@ -138,7 +181,8 @@ fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
 #[cold]
 #[inline(never)]
 fn reject_coroutine(handler: &Bound<'_, PyAny>, coroutine: &Bound<'_, PyAny>) -> PyErr {
-    if let Err(err) = coroutine.call_method0("close") {
+    let py = coroutine.py();
+    if let Err(err) = unwind::call_method(coroutine, pyo3::intern!(py, "close"), &[]) {
         return err;
     }
     match errors::describe_handler(handler) {
@@ -156,7 +200,8 @@ impl Dispatcher {
         I: Iterator<Item = PyResult<Bound<'py, PyAny>>>,
     {
         let _depth = RecursionGuard::enter(py)?;
-        if self.nested == Nested::Queue && nested::is_active(self.id) {
+        let config = self.config.load();
+        if config.nested == Nested::Queue && nested::is_active(self.id) {
             for event in events {
                 if nested::push(self.id, event?.unbind()).is_err() {
                     // the outermost call sits below us on this thread, so it cannot have ended
@@ -165,16 +210,17 @@ impl Dispatcher {
             }
             return Ok(0);
         }
-        let config = self.config.load();
         let mut failures = matches!(config.on_error, Policy::Collect).then(Vec::new);
         let mut cursor = Cursor::new();
+        let mut pacer = Pacer::new();
         let mut calls = 0u64;
-        if self.nested == Nested::Immediate {
+        if config.nested == Nested::Immediate {
             for (index, event) in events.enumerate() {
                 let index = batch.then_some(index);
                 let event = event?;
                 let one = self.dispatch_one(&mut cursor, &config, &event, index, &mut failures);
                 calls += errors::at_batch_index(py, one, index)?;
+                pacer.tick(py)?;
             }
         } else {
             let _frame = FrameGuard::enter(self.id);
@@ -184,6 +230,7 @@ impl Dispatcher {
                     let event = event?;
                     let one = self.dispatch_one(&mut cursor, &config, &event, index, &mut failures);
                     calls += errors::at_batch_index(py, one, index)?;
+                    pacer.tick(py)?;
                     while let Some(inner) = nested::pop(self.id) {
                         // the events it queued belong to it (rule 8: batch_index)
                         let known = failures.as_ref().map_or(0, Vec::len);
@@ -200,6 +247,7 @@ impl Dispatcher {
                                 errors::set_batch_index(py, failure, index);
                             }
                         }
+                        pacer.tick(py)?;
                     }
                 }
                 Ok(())
@@ -234,12 +282,14 @@ impl Dispatcher {
         let regs = cursor.resolve(self, &event_type)?;
         if regs.is_empty() {
             if let Some(on_unhandled) = &config.on_unhandled {
-                on_unhandled.bind(py).call1((event,))?;
+                unwind::call1(on_unhandled.bind(py), event)?;
             }
             return Ok(0);
         }
         let mut calls = 0;
         for reg in regs.iter() {
+            let reg_ref = reg;
+            let reg = reg_ref.get();
             // `Dispatcher::take` inlined: a strong handler is borrowed, not cloned (measured
             // ~4 ns an event faster on mixed batches than calling `take`)
             let weak_target;
@@ -254,11 +304,11 @@ impl Dispatcher {
             } else {
                 reg.target.bind(py)
             };
-            if reg.once && !self.consume(py, reg)? {
+            if reg.once && !self.consume(py, reg_ref)? {
                 continue;
             }
             calls += 1;
-            let failure = match handler.call1((event,)) {
+            let failure = match unwind::call1(handler, event) {
                 Ok(result) if result.is_none() || !is_coroutine(&result) => continue,
                 Ok(coroutine) => reject_coroutine(handler, &coroutine),
                 Err(err) => err,
@@ -304,8 +354,7 @@ impl Dispatcher {
         }
         match &config.on_error {
             Policy::Callback(callback) => {
-                callback.bind(py).call1((err.value(py), event, handler))?;
-                Ok(())
+                handled::call_on_error(callback.bind(py), err, event, handler).map(drop)
             }
             _ => Err(err),
         }
@@ -313,8 +362,8 @@ impl Dispatcher {
 
     /// Claim and unregister a `once` registration; false when someone else claimed it first.
     #[inline(never)]
-    pub(crate) fn consume(&self, py: Python<'_>, reg: &Arc<Registration>) -> PyResult<bool> {
-        if !reg.claim() {
+    pub(crate) fn consume(&self, py: Python<'_>, reg: &Reg) -> PyResult<bool> {
+        if !reg.get().claim() {
             return Ok(false);
         }
         self.update(|snapshot| Ok(snapshot.without(py, reg)))?;

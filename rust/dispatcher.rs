@@ -13,11 +13,11 @@ use pyo3::types::{
 };
 use pyo3::{intern, PyTraverseError};
 
-use crate::async_plan::{async_driver, Planned};
+use crate::async_plan::async_driver;
 use crate::awaiting::AsyncDispatch;
 use crate::commands::CommandRegistry;
 use crate::errors::Policy;
-use crate::registry::{Registration, Registry, Snapshot};
+use crate::registry::{Reg, Registration, Registry, Snapshot};
 
 static NEXT_DISPATCHER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -27,10 +27,11 @@ pub enum Nested {
     Queue,
 }
 
-/// The error and unhandled-event options (swapped out whole by the GC's `__clear__`).
+/// The options (set by `__init__`, swapped out whole by the GC's `__clear__`).
 pub struct Config {
     pub on_error: Policy,
     pub on_unhandled: Option<Py<PyAny>>,
+    pub nested: Nested,
 }
 
 impl Config {
@@ -38,6 +39,7 @@ impl Config {
         Self {
             on_error: Policy::Raise,
             on_unhandled: None,
+            nested: Nested::Immediate,
         }
     }
 }
@@ -53,7 +55,6 @@ impl Config {
 )]
 pub struct Dispatcher {
     pub(crate) id: u64,
-    pub(crate) nested: Nested,
     pub(crate) config: ArcSwap<Config>,
     pub(crate) state: ArcSwap<Snapshot>,
     /// Bumped after every published registry change; the dispatch loop polls it per event.
@@ -167,6 +168,45 @@ fn iterate_batch<'py>(
 }
 
 impl Dispatcher {
+    /// The registration of exactly `event_type` whose handler `== handler`, comparing in
+    /// registration order. The comparisons are Python code and may change the registry
+    /// (`__eq__` registering a handler): each registration is compared at most once, and with
+    /// `rescan` the ones added meanwhile are compared afterwards, until none is new. So the
+    /// call ends, and gives the pure backend's result, however the comparisons behave.
+    fn find_equal(
+        &self,
+        event_type: &Bound<'_, PyType>,
+        handler: &Bound<'_, PyAny>,
+        rescan: bool,
+    ) -> PyResult<Option<Reg>> {
+        let py = event_type.py();
+        let mut compared: Vec<Reg> = Vec::new();
+        loop {
+            let snapshot = self.state.load_full();
+            let fresh: Vec<Reg> = snapshot
+                .registrations(event_type)
+                .iter()
+                .filter(|reg| !compared.iter().any(|seen| seen.is(*reg)))
+                .map(|reg| reg.clone_ref(py))
+                .collect();
+            drop(snapshot);
+            if fresh.is_empty() {
+                return Ok(None);
+            }
+            for reg in fresh {
+                if let Some(existing) = reg.get().live_handler(py)? {
+                    if crate::unwind::equal(&existing, handler)? {
+                        return Ok(Some(reg));
+                    }
+                }
+                compared.push(reg);
+            }
+            if !rescan {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Publish a new registry computed from the current snapshot (copy-on-write, lock-free).
     /// `change` returns None when there is nothing to change; it is re-run if another thread
     /// published in between. Returns whether a change was published.
@@ -205,11 +245,8 @@ impl Dispatcher {
     }
 }
 
-#[pymethods]
-impl Dispatcher {
-    #[new]
-    #[pyo3(signature = (**options))]
-    fn new(options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+impl Config {
+    fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let [on_error, on_unhandled, nested] = take_options(
             "Dispatcher",
             options,
@@ -248,17 +285,41 @@ impl Dispatcher {
             },
         };
         Ok(Self {
-            id: NEXT_DISPATCHER_ID.fetch_add(1, Ordering::Relaxed),
+            on_error,
+            on_unhandled,
             nested,
-            config: ArcSwap::from_pointee(Config {
-                on_error,
-                on_unhandled,
-            }),
+        })
+    }
+}
+
+#[pymethods]
+impl Dispatcher {
+    /// The options are taken by `__init__`, so a subclass may have its own `__init__`
+    /// arguments (and call `super().__init__(**options)`), as with the pure backend.
+    #[new]
+    #[pyo3(signature = (*args, **kwargs))]
+    fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        let _ = (args, kwargs);
+        Self {
+            id: NEXT_DISPATCHER_ID.fetch_add(1, Ordering::Relaxed),
+            config: ArcSwap::from_pointee(Config::empty()),
             state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
             commands: CommandRegistry::default(),
-        })
+        }
+    }
+
+    /// `Dispatcher(*, on_error="raise", on_unhandled=None, nested="immediate")`: (re)set the
+    /// options; like the pure backend's `__init__`, this also starts from an empty registry.
+    #[pyo3(signature = (**options))]
+    fn __init__(&self, options: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let config = Config::parse(options)?;
+        self.config.store(Arc::new(config));
+        self.state
+            .store(Arc::new(Snapshot::new(Registry::default())));
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     #[getter]
@@ -277,7 +338,7 @@ impl Dispatcher {
 
     #[getter]
     fn nested(&self) -> &'static str {
-        match self.nested {
+        match self.config.load().nested {
             Nested::Immediate => "immediate",
             Nested::Queue => "queue",
         }
@@ -303,26 +364,24 @@ impl Dispatcher {
         let target = Self::make_target(slf, &bound, options.weak)?;
         let this = slf.get();
         let py = slf.py();
-        let mut seq = None;
-        this.update(|snapshot| {
-            for reg in snapshot.registrations(event_type) {
-                if let Some(existing) = reg.live_handler(py)? {
-                    if existing.eq(handler)? {
-                        return Ok(None);
-                    }
-                }
-            }
-            let seq = *seq.get_or_insert_with(|| this.next_seq.fetch_add(1, Ordering::Relaxed));
-            let reg = Registration::new(
+        if this.find_equal(event_type, handler, true)?.is_some() {
+            return Ok(handler.clone());
+        }
+        let seq = this.next_seq.fetch_add(1, Ordering::Relaxed);
+        let reg = Py::new(
+            py,
+            Registration::new(
                 event_type.clone().unbind(),
-                target.clone().unbind(),
+                target.unbind(),
                 options.priority,
                 seq,
                 options.once,
                 options.weak,
-            );
-            Ok(Some(snapshot.with_added(py, Arc::new(reg))))
-        })?;
+            ),
+        )?;
+        // No Python code runs from here to the swap: a retry is only ever caused by another
+        // thread's change, and sees the registrations as they are then.
+        this.update(|snapshot| Ok(Some(snapshot.with_added(py, reg.clone_ref(py)))))?;
         Ok(handler.clone())
     }
 
@@ -352,16 +411,10 @@ impl Dispatcher {
     ) -> PyResult<bool> {
         let event_type = check_event_type(event_type)?;
         let py = event_type.py();
-        self.update(|snapshot| {
-            for reg in snapshot.registrations(event_type) {
-                if let Some(existing) = reg.live_handler(py)? {
-                    if existing.eq(handler)? {
-                        return Ok(snapshot.without(py, reg));
-                    }
-                }
-            }
-            Ok(None)
-        })
+        let Some(reg) = self.find_equal(event_type, handler, false)? else {
+            return Ok(false);
+        };
+        self.update(|snapshot| Ok(snapshot.without(py, &reg)))
     }
 
     /// The handlers an event of `event_type` would be dispatched to, in call order.
@@ -371,7 +424,7 @@ impl Dispatcher {
         let resolved = self.state.load().resolve(event_type)?;
         let mut live = Vec::with_capacity(resolved.len());
         for reg in resolved.iter() {
-            live.extend(reg.live_handler(py)?);
+            live.extend(reg.get().live_handler(py)?);
         }
         PyTuple::new(py, live)
     }
@@ -390,7 +443,7 @@ impl Dispatcher {
                 .registry
                 .values()
                 .flat_map(|entry| entry.regs.iter())
-                .find(|reg| reg.target.bind(py).is(weak_ref));
+                .find(|reg| reg.get().target.bind(py).is(weak_ref));
             Ok(dead.and_then(|reg| snapshot.without(py, reg)))
         })
         .map(drop)
@@ -419,7 +472,9 @@ impl Dispatcher {
             });
             return self.run(events.py(), items, true);
         }
-        self.run(events.py(), iterate_batch("dispatch_batch", events)?, true)
+        let iterator = iterate_batch("dispatch_batch", events)?.into_any();
+        let items = std::iter::from_fn(|| crate::unwind::next(&iterator));
+        self.run(events.py(), items, true)
     }
 
     /// Awaitable `dispatch`: awaitable handler results are awaited (see `domainbus._async`).
@@ -430,7 +485,7 @@ impl Dispatcher {
         concurrent: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let events = PyTuple::new(slf.py(), [event])?.into_any();
-        if concurrent || slf.get().nested == Nested::Queue {
+        if concurrent || slf.get().config.load().nested == Nested::Queue {
             return async_driver(slf, events, false, concurrent);
         }
         let dispatch = AsyncDispatch::new(slf, events.try_iter(), false);
@@ -444,7 +499,7 @@ impl Dispatcher {
         events: &Bound<'py, PyAny>,
         concurrent: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if concurrent || slf.get().nested == Nested::Queue {
+        if concurrent || slf.get().config.load().nested == Nested::Queue {
             return async_driver(slf, events.clone(), true, concurrent);
         }
         let iterator = iterate_batch("dispatch_batch_async", events);
@@ -459,9 +514,9 @@ impl Dispatcher {
     fn _take<'py>(
         &self,
         py: Python<'py>,
-        planned: PyRef<'py, Planned>,
+        planned: Bound<'py, Registration>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.take(py, &planned.reg)
+        self.take(py, &planned.unbind())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -19,17 +19,32 @@ mod commands;
 mod dispatch;
 mod dispatcher;
 mod errors;
+mod handled;
 mod ids;
 mod nested;
 mod queue;
 mod registry;
+mod unwind;
+
+const SUBINTERPRETER: &str = "domainbus._core cannot be imported in a sub-interpreter: its \
+classes and the exceptions it raises belong to the main interpreter. Use domainbus.pure there \
+(`import domainbus` falls back to it by itself).";
+
+/// True in the main interpreter (the only one this extension supports).
+fn in_main_interpreter() -> bool {
+    // SAFETY: called with the GIL held (module initialisation); both calls only read state.
+    unsafe { pyo3::ffi::PyInterpreterState_Get() == pyo3::ffi::PyInterpreterState_Main() }
+}
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    if !in_main_interpreter() {
+        return Err(pyo3::exceptions::PyImportError::new_err(SUBINTERPRETER));
+    }
     m.add_class::<dispatcher::Dispatcher>()?;
     commands::install_execute(m.py())?; // Dispatcher.execute as a METH_O method
     m.add_class::<dispatcher::HandlerDecorator>()?;
-    m.add_class::<async_plan::Planned>()?;
+    m.add_class::<registry::Registration>()?;
     m.add_class::<awaiting::AsyncDispatch>()?;
     m.add_class::<queue::BatchQueue>()?;
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;

@@ -21,6 +21,7 @@ mod shared;
 mod worker;
 
 use std::ffi::CString;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +66,30 @@ pub struct BatchQueue {
     batch_size: usize,
     /// Replaced whole in a forked child (`_after_fork`).
     shared: ArcSwap<Shared>,
+    /// The exit hook has reported what is left: freeing the queue later says nothing more.
+    reported: AtomicBool,
+}
+
+const FREED_NOTE: &str = "undispatched event(s)";
+
+/// Rule 7: a queue freed with events still queued reports them (it is never silent).
+fn warn_freed(py: Python<'_>, left: usize) {
+    let message = format!("domainbus: a BatchQueue was freed with {left} {FREED_NOTE}");
+    let Ok(message) = CString::new(message) else {
+        return;
+    };
+    if let Err(err) = PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1) {
+        err.write_unraisable(py, None);
+    }
+}
+
+impl Drop for BatchQueue {
+    fn drop(&mut self) {
+        let left = self.shared.load().len();
+        if left > 0 && !self.reported.load(SeqCst) {
+            Python::try_attach(|py| warn_freed(py, left));
+        }
+    }
 }
 
 fn raise_error(shared: &Shared) -> PyResult<()> {
@@ -146,6 +171,7 @@ impl BatchQueue {
                 capacity,
                 batch_size,
                 shared: ArcSwap::from_pointee(Shared::new(capacity)),
+                reported: AtomicBool::new(false),
             },
         )?;
         lifecycle::track(queue.bind(py).as_any())?;
@@ -276,8 +302,8 @@ impl BatchQueue {
             let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
                 return Ok(false);
             };
-            py.detach(|| shared.wait_until(wait, done));
-            py.check_signals()?;
+            crate::unwind::detach(py, || shared.wait_until(wait, done));
+            crate::unwind::check_signals(py)?;
         }
     }
 
@@ -335,13 +361,14 @@ impl BatchQueue {
             );
             let message =
                 CString::new(message).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            self.reported.store(true, SeqCst);
             PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)?;
         }
+        self.reported.store(true, SeqCst);
         Ok(())
     }
 
-    /// Queued events in the ring buffer cannot be visited (a cycle through them is not
-    /// collected while they wait); the dispatcher, the worker and the batch are.
+    /// The dispatcher, the worker, the consumer's batch and the events in the ring buffer.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.dispatcher)?;
         let shared = self.shared.load();
@@ -353,6 +380,15 @@ impl BatchQueue {
                 visit.call(event)?;
             }
         }
-        Ok(())
+        shared.visit_events(&visit)
+    }
+
+    /// Breaking a reference cycle through queued events: they are dropped, and reported.
+    fn __clear__(&self, py: Python<'_>) {
+        let events = self.shared.load().take_all();
+        if !events.is_empty() && !self.reported.swap(true, SeqCst) {
+            warn_freed(py, events.len());
+        }
+        drop(events);
     }
 }

@@ -6,11 +6,18 @@ async, sequential and concurrent), clears, drops weakly held handlers and inspec
 raise, dispatch nested events, (un)register other handlers, and some are `async def` (awaited by
 async dispatch, a TypeError in sync dispatch). After every step the call logs, return values and
 exceptions (type, message, notes, and the members of exception groups) must be equal.
+
+Odd cases are generated too (issue 10): handlers that are callable objects whose `__eq__`
+registers another handler or whose `__getattr__` raises, handlers returning odd awaitables
+(`__await__ = None`, an ABC-registered class, `__await__` returning a non-iterator or an
+iterator), events whose metaclass has its own `__mro__` or an `__eq__`/`__hash__` making all its
+classes equal, and an `on_error` callable equal to everything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import gc
 from collections.abc import Callable
 from typing import Any
@@ -44,11 +51,64 @@ class E:  # outside the hierarchy
         self.n, self.depth = n, depth
 
 
-CLASSES = [A, B, C, D, E, object]
-EVENT_CLASSES = [A, B, C, D, E]
+class ListMro(type):
+    """A metaclass whose own `__mro__` attribute lies: routing uses the real MRO."""
+
+    @property
+    def __mro__(cls) -> list[type]:  # type: ignore[override]
+        return [cls, object]
+
+
+class AllEqual(type):
+    """A metaclass making all its classes equal, with one hash: routing goes by identity."""
+
+    def __eq__(cls, other: object) -> bool:
+        return isinstance(other, AllEqual)
+
+    def __hash__(cls) -> int:
+        return 7
+
+
+class F(C, metaclass=ListMro):
+    pass
+
+
+class G(D, metaclass=AllEqual):
+    pass
+
+
+class H(A, metaclass=AllEqual):
+    pass
+
+
+class AwaitNone:
+    __await__ = None
+
+
+class RegisteredAwaitable:
+    pass
+
+
+collections.abc.Awaitable.register(RegisteredAwaitable)
+
+
+class AwaitsNonIterator:
+    def __await__(self) -> Any:
+        return 42
+
+
+class AwaitsIterator:
+    def __await__(self) -> Any:
+        return iter([None])
+
+
+ODD_AWAITABLES = [AwaitNone, RegisteredAwaitable, AwaitsNonIterator, AwaitsIterator]
+
+CLASSES = [A, B, C, D, E, F, G, H, object]
+EVENT_CLASSES = [A, B, C, D, E, F, G, H]
 KINDS = [
     "log", "log", "log", "fail", "nested", "nested_fail", "register", "unregister", "async",
-    "interrupt",
+    "interrupt", "eq_registers", "no_attributes", "odd_awaitable",
 ]  # fmt: skip
 POOL_SIZE = len(KINDS)
 
@@ -57,13 +117,81 @@ class Boom(Exception):
     pass
 
 
+def name_of(handler: Any) -> str:
+    """A handler's `__qualname__`, or its repr when that cannot be read."""
+    try:
+        return str(handler.__qualname__)
+    except Exception:
+        return repr(handler)
+
+
+class EqRegisters:
+    """A callable handler whose `__eq__` registers another handler (once at a time)."""
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend, self.__qualname__, self.__module__ = backend, name, "parity"
+        self.comparing = False
+
+    def __call__(self, event: Any) -> None:
+        self.backend.log.append((self.__qualname__, type(event).__name__, event.n, event.depth))
+
+    def __eq__(self, other: object) -> bool:
+        b = self.backend
+        b.log.append((self.__qualname__, "eq", name_of(other)))
+        if not self.comparing:
+            self.comparing = True
+            try:
+                target = CLASSES[len(b.log) % len(CLASSES)]
+                b.d.register_handler(target, b.pool[len(b.log) % 3])
+            finally:
+                self.comparing = False
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+class NoAttributes:
+    """A callable handler whose `__getattr__` raises: its own error must survive."""
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend, self.name = backend, name
+
+    def __call__(self, event: Any) -> None:
+        self.backend.log.append((self.name, type(event).__name__, event.n, event.depth))
+        raise Boom(f"{self.name} failed on {event.n}")
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"no {name}")
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+class EqualsAll:
+    """An on_error callable equal to everything (even to "raise")."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def __call__(self, exc: Exception, event: Any, handler: Any) -> None:
+        self.backend.on_error(exc, event, handler)
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
 class Backend:
     """One dispatcher plus its own handler pool, call log and hooks."""
 
     def __init__(self, module: Any, options: dict[str, Any]) -> None:
         self.log: list[tuple[Any, ...]] = []
         kwargs = dict(options)
-        if kwargs.pop("callback", False):
+        callback = kwargs.pop("callback", False)
+        if callback == "equals_all":
+            kwargs["on_error"] = EqualsAll(self)
+        elif callback:
             kwargs["on_error"] = self.on_error
         if kwargs.pop("unhandled", False):
             kwargs["on_unhandled"] = self.on_unhandled
@@ -71,7 +199,7 @@ class Backend:
         self.pool = [self.make_handler(i) for i in range(POOL_SIZE)]
 
     def on_error(self, exc: Exception, event: Any, handler: Any) -> None:
-        self.log.append(("on_error", type(exc).__name__, str(exc), handler.__qualname__, event.n))
+        self.log.append(("on_error", type(exc).__name__, str(exc), name_of(handler), event.n))
 
     def on_unhandled(self, event: Any) -> None:
         self.log.append(("unhandled", type(event).__name__, getattr(event, "n", None)))
@@ -79,6 +207,10 @@ class Backend:
     def make_handler(self, index: int) -> Callable[[Any], Any]:
         kind = KINDS[index]
         name = f"h{index}_{kind}"
+        if kind == "eq_registers":
+            return EqRegisters(self, name)
+        if kind == "no_attributes":
+            return NoAttributes(self, name)
 
         async def async_handler(event: Any) -> None:
             self.log.append((name, type(event).__name__, event.n, event.depth))
@@ -109,7 +241,11 @@ class Backend:
                 removed = self.d.unregister_handler(CLASSES[event.n % len(CLASSES)], self.pool[0])
                 self.log.append((name, "unregistered", removed))
 
-        chosen = async_handler if kind == "async" else handler
+        def odd_awaitable(event: Any) -> Any:
+            self.log.append((name, type(event).__name__, event.n, event.depth))
+            return ODD_AWAITABLES[event.n % len(ODD_AWAITABLES)]()
+
+        chosen = {"async": async_handler, "odd_awaitable": odd_awaitable}.get(kind, handler)
         chosen.__qualname__ = name
         chosen.__module__ = "parity"
         return chosen
@@ -134,7 +270,7 @@ class ParityMachine(RuleBasedStateMachine):
 
     @initialize(
         nested=st.sampled_from(["immediate", "queue"]),
-        on_error=st.sampled_from(["raise", "collect", "callback"]),
+        on_error=st.sampled_from(["raise", "collect", "callback", "equals_all"]),
         unhandled=st.booleans(),
         initial=st.lists(
             st.tuples(st.sampled_from(CLASSES), st.integers(0, POOL_SIZE - 1), st.integers(-2, 2)),
@@ -148,6 +284,8 @@ class ParityMachine(RuleBasedStateMachine):
         options: dict[str, Any] = {"nested": nested, "unhandled": unhandled}
         if on_error == "callback":
             options["callback"] = True
+        elif on_error == "equals_all":
+            options["callback"] = "equals_all"
         else:
             options["on_error"] = on_error
         self.backends = (Backend(pure, options), Backend(rust, options))
@@ -224,7 +362,7 @@ class ParityMachine(RuleBasedStateMachine):
     @invariant()
     def same_handlers(self) -> None:
         for cls in CLASSES:
-            self.both(lambda b, cls=cls: tuple(h.__qualname__ for h in b.d.handlers_for(cls)))
+            self.both(lambda b, cls=cls: tuple(name_of(h) for h in b.d.handlers_for(cls)))
 
 
 ParityMachine.TestCase.settings = settings(

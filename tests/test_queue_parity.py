@@ -3,7 +3,8 @@
 A Hypothesis state machine puts (one by one and in runs, blocking or not, into a small queue),
 drains in the calling thread (all or a few), stops (with or without draining) and reopens, on a
 pure and a Rust queue side by side, each feeding its own backend's dispatcher built with the same
-random error policy; some events make their handler raise. After every step the handler call
+random error policy; some events make their handler raise (an `on_error` callback also checks
+that it gets the exception being handled, with its traceback). After every step the handler call
 logs, return values, exceptions (type, message, notes, `accepted`) and the counters must match.
 Only the calling thread consumes here, so every step is deterministic; the background consumer
 is covered by tests/test_queue.py.
@@ -12,6 +13,7 @@ is covered by tests/test_queue.py.
 from __future__ import annotations
 
 import queue
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +46,9 @@ class Side:
             raise Boom(f"event {event}")
 
     def report(self, exc: Exception, event: Any, handler: Any) -> None:
-        self.log.append(("reported", str(exc), event))
+        # the exception is the one being handled, with its traceback (issue 10, item 7)
+        handled = sys.exc_info()[1] is exc and exc.__traceback__ is not None
+        self.log.append(("reported", str(exc), event, handled))
 
     def reopen(self) -> None:
         self.queue = self.module.BatchQueue(

@@ -6,7 +6,10 @@ the handler to call, or None when it was a weak handler whose target is gone or 
 someone else already claimed. This module only adds awaiting, so the rules are those of
 `dispatch` (see `domainbus.pure.dispatcher`), plus:
 
-- a handler's return value that is awaitable is awaited before the next handler is called
+- a handler's return value that is awaitable (`inspect.isawaitable`: an ABC-registered class
+  counts, a class whose `__await__` is None does not) is awaited as `await` does it (so an
+  awaitable without `__await__`, or whose `__await__` returns a non-iterator, is that handler's
+  TypeError), before the next handler is called
   (sequential), or, with `concurrent=True`, the awaitables of one event's handlers run together
   as tasks and the event is done when all are. Under "raise" the first failure cancels its
   siblings and propagates; under "collect" and with a callback every task finishes and failures
@@ -17,7 +20,9 @@ someone else already claimed. This module only adds awaiting, so the rules are t
   `dispatch` called from inside is not queued: it runs as its own outermost call;
 - an awaitable returned by `on_unhandled` or by an `on_error` callback is awaited too;
 - cancelling the awaiting task propagates CancelledError at the handler being awaited; the
-  handlers after it are not called, and no coroutine is left un-awaited.
+  handlers after it are not called, and no coroutine is left un-awaited;
+- re-entering the coroutine while it runs (a handler sending into the dispatch that called
+  it) raises ValueError("coroutine already executing"), as for any coroutine.
 """
 
 from __future__ import annotations
@@ -118,6 +123,18 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
+def _as_awaited(awaitable: Awaitable[object]) -> Awaitable[object]:
+    """What a task can run: `awaitable` itself, or a coroutine doing `await awaitable` (so an
+    odd awaitable fails in the task as `await` would make it fail, not in ensure_future)."""
+    if inspect.iscoroutine(awaitable) or asyncio.isfuture(awaitable):
+        return awaitable
+    return _await(awaitable)
+
+
+async def _await(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
 def _discard(awaitable: Awaitable[object]) -> None:
     """Drop an awaitable that will never be awaited, without a "never awaited" warning."""
     if inspect.iscoroutine(awaitable):
@@ -182,7 +199,9 @@ class _Run:
             raise
         if not pending:
             return
-        tasks: list[asyncio.Future[object]] = [asyncio.ensure_future(a) for _, a in pending]
+        tasks: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(_as_awaited(a)) for _, a in pending
+        ]
         if self.raising:
             await self._first_failure_cancels(tasks, pending, event, event_type, index)
             return
@@ -191,7 +210,7 @@ class _Run:
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
-                await self.fail(result, event, handler, event_type, index)
+                await self.fail_handling(result, event, handler, event_type, index)
 
     async def _first_failure_cancels(
         self,
@@ -223,7 +242,17 @@ class _Run:
         if exc is not None and not isinstance(exc, Exception):
             raise exc
         assert isinstance(exc, Exception)
-        await self.fail(exc, event, handler, event_type, index)
+        await self.fail_handling(exc, event, handler, event_type, index)
+
+    async def fail_handling(
+        self, exc: Exception, event: object, handler: Any, event_type: type, index: int | None
+    ) -> None:
+        """`fail` for an exception a task ended with: made the one being handled first, as
+        `fail` is called from an `except` block everywhere else (rule 8 of the dispatcher)."""
+        try:
+            raise exc
+        except Exception:
+            await self.fail(exc, event, handler, event_type, index)
 
     async def fail(
         self, exc: Exception, event: object, handler: Any, event_type: type, index: int | None

@@ -34,13 +34,11 @@ class HandlerDecorator:
 
 @disjoint_base
 class Dispatcher:
-    def __new__(
-        cls,
-        *,
-        on_error: Literal["raise", "collect"] | _ErrorCallback = "raise",
-        on_unhandled: Callable[[Any], object] | None = None,
-        nested: Literal["immediate", "queue"] = "immediate",
-    ) -> Self: ...
+    # The options (on_error="raise" | "collect" | callable, on_unhandled=None | callable,
+    # nested="immediate" | "queue", keyword-only) are taken by __init__, so a subclass may have
+    # its own __init__ arguments; an extension's __init__ slot shows no finer signature.
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
     @property
     def on_error(self) -> Literal["raise", "collect"] | _ErrorCallback: ...
     @property

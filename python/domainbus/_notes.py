@@ -10,11 +10,20 @@ __all__ = ["describe_handler", "failure_note", "set_batch_index"]
 
 def describe_handler(handler: object) -> str:
     """`module.qualname` of a handler, or its repr when it has no qualified name."""
-    name = getattr(handler, "__qualname__", None)
+    name = _attribute(handler, "__qualname__")
     if not isinstance(name, str):
         return repr(handler)
-    module = getattr(handler, "__module__", None)
+    module = _attribute(handler, "__module__")
     return f"{module}.{name}" if isinstance(module, str) else name
+
+
+def _attribute(handler: object, name: str) -> object:
+    """`getattr(handler, name)`, or None when it cannot be read (whatever `__getattr__` raises):
+    describing a handler never replaces the error being described."""
+    try:
+        return getattr(handler, name)
+    except Exception:
+        return None
 
 
 def failure_note(handler: object, event_type: type, index: int | None) -> str:

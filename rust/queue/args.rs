@@ -149,3 +149,29 @@ pub fn full(py: Python<'_>, capacity: usize, own_consumer: bool, accepted: Optio
         Err(err) => err,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_wait_is_cut_to_the_slice_and_ends_at_the_deadline() {
+        let slice = Duration::from_millis(50);
+        assert_eq!(next_wait(None, slice), Some(slice));
+        let far = Instant::now() + Duration::from_secs(60);
+        assert_eq!(next_wait(Some(far), slice), Some(slice));
+        let near = Instant::now() + Duration::from_millis(5);
+        assert!(next_wait(Some(near), slice).is_some_and(|wait| wait <= Duration::from_millis(5)));
+        let past = Instant::now() - Duration::from_millis(1);
+        assert_eq!(next_wait(Some(past), slice), None);
+    }
+
+    #[test]
+    fn suffix_names_what_put_many_accepted() {
+        assert_eq!(suffixed("full".into(), None), "full");
+        assert_eq!(
+            suffixed("full".into(), Some(3)),
+            "full; put_many() put 3 event(s) before"
+        );
+    }
+}

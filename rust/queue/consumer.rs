@@ -113,6 +113,15 @@ pub struct BatchFeed {
 
 #[pymethods]
 impl BatchFeed {
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Ok(items) = self.items.try_lock() {
+            for event in items.0.iter() {
+                visit.call(event)?;
+            }
+        }
+        Ok(())
+    }
+
     fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
@@ -202,7 +211,11 @@ fn feed_python(
             interruptible,
         },
     )?;
-    let result = dispatcher.call_method1("dispatch_batch", (&feed,));
+    let result = crate::unwind::call_method(
+        dispatcher,
+        pyo3::intern!(py, "dispatch_batch"),
+        &[feed.as_any()],
+    );
     batch.items = std::mem::take(&mut lock(&feed.get().items).0);
     let calls = result?;
     if calls.is_instance_of::<PyInt>() && !calls.is_instance_of::<PyBool>() {
@@ -258,7 +271,7 @@ pub fn consume(
                 debug_assert_eq!(mode, DRAIN);
                 return None;
             }
-            py.detach(|| shared.park_idle(IDLE_WAKE));
+            crate::unwind::detach(py, || shared.park_idle(IDLE_WAKE));
             continue;
         }
         let (_, result) = dispatch_some(py, target, shared, batch_size, true);

@@ -43,7 +43,20 @@ fn _batch_queues_after_fork(py: Python<'_>) -> PyResult<()> {
     each_queue(py, "_after_fork")
 }
 
+/// Rule 6 for every queue: each is stopped and checked on its own, so one that raises (a
+/// warning turned into an error, Ctrl-C during its drain) is reported and the others still
+/// get their turn.
 #[pyfunction]
 fn _batch_queues_at_exit(py: Python<'_>) -> PyResult<()> {
-    each_queue(py, "_at_exit")
+    let Some(live) = LIVE.get(py) else {
+        return Ok(());
+    };
+    let queues = live.bind(py).try_iter()?.collect::<PyResult<Vec<_>>>()?;
+    for queue in queues {
+        if let Err(err) = queue.call_method0("_at_exit") {
+            py.import("traceback")?
+                .call_method1("print_exception", (err.into_value(py),))?;
+        }
+    }
+    Ok(())
 }

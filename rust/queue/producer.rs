@@ -64,8 +64,11 @@ impl Producer<'_> {
             let mut items = tuple.iter();
             self.push_all(py, || items.next().map(Ok), true, &mut accepted)
         } else {
-            let mut iterator = events.try_iter().map_err(|err| not_iterable(events, err))?;
-            self.push_all(py, || iterator.next(), false, &mut accepted)
+            let iterator = events
+                .try_iter()
+                .map_err(|err| not_iterable(events, err))?
+                .into_any();
+            self.push_all(py, || crate::unwind::next(&iterator), false, &mut accepted)
         };
         let Err(err) = result else {
             return Ok(accepted);
@@ -140,11 +143,11 @@ impl Producer<'_> {
             let Some(wait) = args::next_wait(self.deadline, WAIT_SLICE) else {
                 return Err(args::full(py, self.capacity, false, accepted));
             };
-            match py.detach(|| shared.push_or_wait(event, wait)) {
+            match crate::unwind::detach(py, || shared.push_or_wait(event, wait)) {
                 Room::Pushed => return Ok(()),
                 Room::Waiting(back) => event = back,
             }
-            py.check_signals()?;
+            crate::unwind::check_signals(py)?;
             check_accepting(py, shared, accepted)?;
         }
     }

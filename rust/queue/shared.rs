@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::sync::{Parker, Unparker};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
+use pyo3::PyTraverseError;
 
 /// `stop` modes: keep consuming; finish what is queued, then end; end after the event in hand.
 pub const RUN: u8 = 0;
@@ -260,6 +262,41 @@ impl Shared {
         };
         self.failed.store(true, SeqCst);
         drop(rejected); // after the lock: dropping a PyErr may run Python code
+    }
+
+    /// For the GC: visit every event waiting in the ring buffer. Producers push without the
+    /// GIL only under `progress`; holding it (and the GIL, which the collector holds) nothing
+    /// else can touch the ring, so its events are taken out, visited and put back in order.
+    /// If a producer holds `progress` right now, nothing is visited (the events merely stay
+    /// uncollected this time).
+    pub fn visit_events(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(_guard) = self.progress.try_lock() else {
+            return Ok(());
+        };
+        let mut events = Vec::with_capacity(self.events.len());
+        while let Some(event) = self.events.pop() {
+            events.push(event);
+        }
+        let visited = events.iter().try_for_each(|event| visit.call(event));
+        for event in events {
+            if let Err(event) = self.events.push(event) {
+                std::mem::forget(event); // cannot happen (same capacity); never drop in traverse
+            }
+        }
+        if self.sleeping.load(SeqCst) {
+            self.unparker.unpark(); // it may have seen the ring empty meanwhile
+        }
+        visited
+    }
+
+    /// Take every event still queued (ring buffer and the consumer's batch).
+    pub fn take_all(&self) -> Vec<Py<PyAny>> {
+        let mut events: Vec<Py<PyAny>> = std::mem::take(&mut *lock(&self.pending)).into();
+        self.pending_len.store(0, Relaxed);
+        while let Some(event) = self.events.pop() {
+            events.push(event);
+        }
+        events
     }
 
     pub fn on_consumer_thread(&self) -> bool {

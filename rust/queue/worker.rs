@@ -13,6 +13,7 @@ use super::args;
 use super::consumer;
 use super::producer::WAIT_SLICE;
 use super::shared::{lock, Shared, DRAIN, STOP_NOW};
+use crate::unwind;
 
 /// Start the worker thread of `queue` (whose `start()` checked the queue and set
 /// `worker_active`): join the thread of a failed run, claim the consumer role for the new one.
@@ -83,7 +84,7 @@ pub fn stop(
     let Some(worker) = worker else {
         return Ok(Stopped::NoWorker);
     };
-    if !join_thread(worker.bind(py), deadline)? {
+    if !wait_finished(py, shared, deadline)? {
         return Ok(Stopped::Running);
     }
     let finished = {
@@ -97,15 +98,18 @@ pub fn stop(
     Ok(Stopped::Joined)
 }
 
-/// Wait for a `threading.Thread` to end, in slices (it checks signals); false if `deadline`
-/// passed first.
-fn join_thread(worker: &Bound<'_, PyAny>, deadline: Option<Instant>) -> PyResult<bool> {
-    let py = worker.py();
-    while worker.call_method0(intern!(py, "is_alive"))?.is_truthy()? {
+/// Wait (GIL released, in slices that check signals) until the worker's consumer loop has
+/// finished; false if `deadline` passed first. Our own state, not `Thread.is_alive()`: on
+/// CPython 3.11 a `join()` interrupted by Ctrl-C leaves `is_alive()` False while the thread
+/// still runs.
+fn wait_finished(py: Python<'_>, shared: &Shared, deadline: Option<Instant>) -> PyResult<bool> {
+    let finished = || !shared.worker_active.load(SeqCst);
+    while !finished() {
         let Some(wait) = args::next_wait(deadline, WAIT_SLICE) else {
             return Ok(false);
         };
-        worker.call_method1(intern!(py, "join"), (wait.as_secs_f64(),))?;
+        unwind::detach(py, || shared.wait_until(wait, finished));
+        unwind::check_signals(py)?;
     }
     Ok(true)
 }

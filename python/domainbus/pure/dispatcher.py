@@ -5,9 +5,16 @@ with the same random programs and compare every call, return value and exception
 module to learn what a dispatcher does; the numbered rules below are the README's.
 
 1. Routing follows the MRO: a handler registered for class C is called for every event whose
-   type is C or a subclass of C. Any object can be dispatched.
+   type is C or a subclass of C. Any object can be dispatched. Classes are told apart by
+   identity (a metaclass's `__eq__`/`__hash__` plays no part), and the MRO is the one the
+   interpreter uses (`type.__mro__`, even when a metaclass defines its own `__mro__`).
 2. Higher `priority` first; equal priorities in registration order (one global sequence).
-   Registering the same (class, handler) pair again is a no-op.
+   Registering the same (class, handler) pair again is a no-op: the handler is compared (`==`)
+   with the class's registrations in order, each at most once. Python code those comparisons
+   run may change the registry (an `__eq__` that registers a handler): registrations added
+   meanwhile are compared too, until none is new, and every change is kept. `unregister_handler`
+   compares in order with the registrations as they were when it was called and removes the
+   first equal one (False if it was gone by then).
 3. The resolved handler list of each concrete type is cached until the registry changes.
 4. The registry is copy-on-write: a change made while an event is being dispatched takes
    effect from the next event on; the event in flight keeps the list it started with.
@@ -15,7 +22,10 @@ module to learn what a dispatcher does; the numbered rules below are the README'
    the current event's handlers, breadth-first, by the outermost call).
 6. `once` handlers are removed before their first call; `weak` handlers vanish with their target.
 7. `on_unhandled(event)` is called when no handler is registered for the event's type.
-8. Errors follow `on_error`: "raise", "collect" (ExceptionGroup at the end) or a callback.
+8. Errors follow `on_error`: "raise", "collect" (ExceptionGroup at the end) or a callback,
+   told apart by type (a callable is a callback, whatever its `__eq__` says). The callback is
+   called while the exception is being handled: it has its traceback, `sys.exc_info()` and
+   `logging.exception()` see it, and an exception the callback raises chains to it.
    An exception raised out of `dispatch_batch` / `dispatch_batch_async` while event i of the
    batch was being dispatched (by one of its handlers, by the handlers of the events it queued
    in "queue" mode, by `on_unhandled` or by the `on_error` callback) carries
@@ -25,8 +35,11 @@ module to learn what a dispatcher does; the numbered rules below are the README'
    group itself has none. An exception from the batch's iterator has none (no event failed),
    nor has one whose type refuses new attributes. The PEP 678 note ("at batch index i") stays.
 9. A handler that returns a coroutine is an error of that handler (the coroutine is closed).
-10. Bad input is a TypeError (ValueError, OverflowError) at the call that made it.
-11. Threads may register, unregister and dispatch at the same time.
+10. Bad input is a TypeError (ValueError, OverflowError) at the call that made it. A handler's
+    description in error notes is `module.qualname`, or its repr when those cannot be read (a
+    `__getattr__` that raises counts as absent: the handler's own error is kept).
+11. Threads may register, unregister and dispatch at the same time. A `Dispatcher` subclass may
+    take its own `__init__` arguments and pass the options on with `super().__init__(**options)`.
 12. Delivery contract (what `outbox.relay`, `domainbus run` and broker publishers rely on):
     anything events are delivered to is an object with `dispatch_batch(events) -> int`. A normal
     return means every event of the batch was delivered. An exception with an int
@@ -35,6 +48,13 @@ module to learn what a dispatcher does; the numbered rules below are the README'
     member of which has such a `batch_index` means every event was attempted and exactly those
     failed. Any other exception means none of the batch counts as delivered. Progress is never
     inferred from how far the target iterated the batch (it may well `list()` it first).
+13. A long `dispatch_batch` lets signal handlers run (Ctrl-C raises KeyboardInterrupt within
+    about a thousand events) and lets other threads take the GIL, even when the handlers and the
+    iterator are C code.
+14. At interpreter exit a daemon thread still dispatching is stopped by the interpreter where
+    it waits for the GIL (the Rust backend parks it there, as CPython 3.14 does); the process
+    exits normally.
+15. Sub-interpreters get this backend (the Rust extension refuses to import there).
 """
 
 from __future__ import annotations
@@ -58,6 +78,7 @@ OnError = Literal["raise", "collect"] | ErrorCallback
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _CACHE_LIMIT = 4096  # resolved lists kept per registry version; the cache is reset past this
+_mro_of: Callable[[type], tuple[type, ...]] = type.__dict__["__mro__"].__get__  # the real MRO
 
 
 class _Registration:
@@ -84,25 +105,34 @@ class _Registration:
         return self.target  # type: ignore[no-any-return]
 
 
+# registry: id(class) -> its registrations (which hold the class, so the id stays its own)
+_Registry = dict[int, tuple[_Registration, ...]]
+
+
 class _State:
-    """An immutable registry snapshot plus the resolution cache that belongs to it."""
+    """An immutable registry snapshot plus the resolution cache that belongs to it.
+
+    Both are keyed by the class's identity; a cache entry holds its class.
+    """
 
     __slots__ = ("cache", "registry")
 
-    def __init__(self, registry: dict[type, tuple[_Registration, ...]]) -> None:
+    def __init__(self, registry: _Registry) -> None:
         self.registry = registry
-        self.cache: dict[type, tuple[_Registration, ...]] = {}
+        self.cache: dict[int, tuple[type, tuple[_Registration, ...]]] = {}
 
     def resolve(self, event_type: type) -> tuple[_Registration, ...]:
         """Registrations for `event_type` along its MRO, highest priority first, then oldest."""
-        regs = self.cache.get(event_type)
-        if regs is None:
-            found = [r for klass in event_type.__mro__ for r in self.registry.get(klass, ())]
-            found.sort(key=lambda r: (-r.priority, r.seq))
-            regs = tuple(found)
-            if len(self.cache) >= _CACHE_LIMIT:
-                self.cache = {}
-            self.cache[event_type] = regs
+        entry = self.cache.get(id(event_type))
+        if entry is not None and entry[0] is event_type:
+            return entry[1]
+        registry = self.registry
+        found = [r for klass in _mro_of(event_type) for r in registry.get(id(klass), ())]
+        found.sort(key=lambda r: (-r.priority, r.seq))
+        regs = tuple(found)
+        if len(self.cache) >= _CACHE_LIMIT:
+            self.cache = {}
+        self.cache[id(event_type)] = (event_type, regs)
         return regs
 
 
@@ -158,6 +188,8 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         if nested not in ("immediate", "queue"):
             raise ValueError(f"nested must be 'immediate' or 'queue', not {nested!r}")
         self._on_error = on_error
+        self._collect = isinstance(on_error, str) and on_error == "collect"
+        self._raise = isinstance(on_error, str) and on_error == "raise"
         self._on_unhandled = on_unhandled
         self._nested = nested
         self._lock = threading.RLock()  # re-entrant: a weakref callback may fire while held
@@ -203,14 +235,33 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             ref_type = weakref.WeakMethod if isinstance(handler, MethodType) else weakref.ref
             target = ref_type(handler, self._reap)
         with self._lock:
-            existing = self._state.registry.get(event_type, ())
-            if any(r.live_handler() == handler for r in existing):
+            if self._find_equal(event_type, handler, rescan=True) is not None:
                 return handler
             seq = self._next_seq
             self._next_seq += 1
             reg = _Registration(event_type, target, priority, seq, once, weak)
-            self._publish({**self._state.registry, event_type: (*existing, reg)})
+            key = id(event_type)
+            existing = self._state.registry.get(key, ())
+            self._publish({**self._state.registry, key: (*existing, reg)})
         return handler
+
+    def _find_equal(
+        self, event_type: type, handler: object, *, rescan: bool
+    ) -> _Registration | None:
+        """The registration of exactly `event_type` whose handler `== handler` (rule 2)."""
+        compared: list[_Registration] = []
+        while True:
+            current = self._state.registry.get(id(event_type), ())
+            fresh = [r for r in current if not any(r is seen for seen in compared)]
+            if not fresh:
+                return None
+            for reg in fresh:
+                existing = reg.live_handler()
+                if existing is not None and existing == handler:
+                    return reg
+                compared.append(reg)
+            if not rescan:
+                return None
 
     def handler(
         self, event_type: type, *, priority: int = 0, once: bool = False, weak: bool = False
@@ -230,11 +281,8 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         """Remove the registration of `handler` for exactly `event_type`; False if none."""
         _check_event_type(event_type)
         with self._lock:
-            for reg in self._state.registry.get(event_type, ()):
-                if reg.live_handler() == handler:
-                    self._remove(reg)
-                    return True
-        return False
+            reg = self._find_equal(event_type, handler, rescan=False)
+            return reg is not None and self._remove(reg)
 
     def handlers_for(self, event_type: type) -> tuple[Callable[..., Any], ...]:
         """The handlers an event of `event_type` would be dispatched to, in call order."""
@@ -248,20 +296,24 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             self._publish({})
             self._clear_commands()
 
-    def _publish(self, registry: dict[type, tuple[_Registration, ...]]) -> None:
+    def _publish(self, registry: _Registry) -> None:
         self._state = _State(registry)
 
-    def _remove(self, reg: _Registration) -> None:
+    def _remove(self, reg: _Registration) -> bool:
+        """Unregister `reg`; False when it was not registered (any more)."""
         with self._lock:
-            remaining = tuple(
-                r for r in self._state.registry.get(reg.event_type, ()) if r is not reg
-            )
+            key = id(reg.event_type)
+            current = self._state.registry.get(key, ())
+            remaining = tuple(r for r in current if r is not reg)
+            if len(remaining) == len(current):
+                return False
             registry = dict(self._state.registry)
             if remaining:
-                registry[reg.event_type] = remaining
+                registry[key] = remaining
             else:
-                registry.pop(reg.event_type, None)
+                registry.pop(key, None)
             self._publish(registry)
+            return True
 
     def _reap(self, ref: object) -> None:
         """Weakref callback: drop the registrations whose target was just collected."""
@@ -324,7 +376,7 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         if fifo is not None:  # "queue" mode, called from a handler: defer to the outermost call
             fifo.extend(events)
             return 0
-        failures: list[Exception] | None = [] if self._on_error == "collect" else None
+        failures: list[Exception] | None = [] if self._collect else None
         calls = 0
         if self._nested == "immediate":
             for index, event in enumerate(events):
@@ -389,7 +441,7 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
                     set_batch_index(exc, index)
                 if failures is not None:
                     failures.append(exc)
-                elif self._on_error == "raise":
+                elif self._raise:
                     raise
                 else:
                     self._on_error(exc, event, handler)  # type: ignore[operator]

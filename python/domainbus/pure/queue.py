@@ -22,7 +22,16 @@ Rules (pinned by tests/test_queue.py on both backends):
 5. After `os.fork()` the child's queues are empty, stopped, not closed, with zeroed counters.
 6. At interpreter exit every started queue is stopped with `drain=True`; an error that raises
    is printed to stderr; events still queued then (never started, stopped with `drain=False`,
-   left by a failure) are reported with a RuntimeWarning. Nothing is dropped silently.
+   left by a failure) are reported with a RuntimeWarning. Nothing is dropped silently. Each
+   queue is handled on its own: one whose stop or warning raises (`-W error`, Ctrl-C during its
+   drain) is reported on stderr and the next queue still gets its turn, one warning per queue
+   with its own count. A Ctrl-C that interrupts `stop()` (or leaving `with`) leaves the
+   consumer running: a later `stop()`, or the exit hook, waits for it and drains the rest.
+   A consumer still running when the interpreter finalizes (its drain interrupted) is stopped
+   by the interpreter like any daemon thread (the Rust backend parks it where it waits for the
+   GIL), and the process exits normally.
+7. A queue that the garbage collector frees (it was part of a reference cycle) while events
+   were still queued reports them with a RuntimeWarning, as at exit.
 
 `capacity` bounds the events waiting to be taken; the consumer's current batch (at most
 `batch_size` events) is taken out of it, so `len(q)` can exceed `capacity` by that much.
@@ -162,6 +171,21 @@ class BatchQueue:
         self._consuming = False  # the consumer role: held by the worker or a drain() call
         self._consumer: int | None = None  # thread ident of the role holder
         self._sleeping = False
+        self._reported = False  # the exit hook reported what is left (rule 6)
+
+    def __del__(self) -> None:
+        """Rule 7: a queue freed with events still queued reports them."""
+        try:
+            left = len(self._events) + len(self._pending)
+            if left and not self._reported:
+                self._reported = True
+                warnings.warn(
+                    f"domainbus: a BatchQueue was freed with {left} undispatched event(s)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+        except AttributeError:  # __init__ failed before _reset()
+            pass
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -379,12 +403,14 @@ class BatchQueue:
         if on_consumer:
             return False
         if worker is not None:
-            while worker.is_alive():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                worker.join(min(_WAIT_SLICE, remaining))
+            # Our own state, not `worker.is_alive()`: on CPython 3.11 a join() interrupted by
+            # Ctrl-C leaves is_alive() False while the thread still runs.
             with self._lock:
+                while self._worker_active:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._changed.wait(min(_WAIT_SLICE, remaining))
                 if self._worker is worker:
                     self._worker = None
         elif drain and self._error is None:
@@ -523,6 +549,7 @@ class BatchQueue:
                 exc.add_note(_EXIT_NOTE)
                 traceback.print_exception(exc)
         left = len(self)
+        self._reported = True
         if left:
             warnings.warn(
                 f"domainbus: a BatchQueue still held {left} undispatched event(s) "
@@ -552,5 +579,11 @@ def _after_fork_in_child() -> None:
 
 
 def _at_exit() -> None:
+    """Rule 6 for every queue: each is stopped and checked on its own, so one that raises (a
+    warning turned into an error, Ctrl-C during its drain) is reported and the others still
+    get their turn."""
     for q in list(_live):
-        q._at_exit()
+        try:
+            q._at_exit()
+        except BaseException as exc:
+            traceback.print_exception(exc)
