@@ -23,7 +23,8 @@ import operator
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from domainbus.uow import describe_error
+from domainbus.outbox.failures import settle_after_failure
+from domainbus.transactions import describe_error
 
 if TYPE_CHECKING:
     from domainbus.outbox.store import Batch, OutboxStore, RelayResult
@@ -256,26 +257,14 @@ def _settle_failures(
     failures: Failures,
     dead: list[tuple[int, str]],
 ) -> list[int]:
-    """Settle a batch some of whose events failed, and note the outcome on each exception.
-
-    Events before `dispatched` that did not fail are delivered; failing rows count an attempt
-    (unless the exception is not an Exception, e.g. KeyboardInterrupt); the rest is released.
-    """
-    failing = {index for index, _ in failures}
-    if store.in_transaction:  # the handlers wrote through the connection: undo the batch
-        store.rollback()
-        delivered: list[int] = []
+    """Settle a batch some of whose events failed (`domainbus.outbox.failures` says how), and
+    note the outcome on each exception."""
+    settled = settle_after_failure(store, batch, ids, dispatched, failures, dead=dead)
+    if settled.rolled_back:
         outcome = "the handlers' writes were rolled back and the whole batch stays in the outbox"
     else:
-        delivered = [row for index, row in enumerate(ids[:dispatched]) if index not in failing]
-        outcome = f"{len(delivered)} other event(s) of the batch were delivered"
-    failed = [
-        (ids[index], describe_error(exc))
-        for index, exc in failures
-        if index >= 0 and isinstance(exc, Exception)
-    ]
-    settle = functools.partial(store.settle, batch, delivered=delivered, failed=failed, dead=dead)
-    moved: list[int] = _in_transaction(store, settle)[0]
+        outcome = f"{len(settled.delivered)} other event(s) of the batch were delivered"
+    moved = settled.dead_lettered
     for index, exc in failures:
         if index >= 0:
             where = "moved to the dead-letter table" if ids[index] in moved else "stays pending"
