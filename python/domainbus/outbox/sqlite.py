@@ -23,6 +23,7 @@ import math
 import os
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
 from domainbus.outbox.relay import relay as relay_batches
 from domainbus.outbox.relay import relay_async as relay_batches_async
 from domainbus.outbox.schema import Synchronous
+from domainbus.outbox.serve import serve
 from domainbus.outbox.store import (
     Batch,
     DeadLetter,
@@ -96,6 +98,7 @@ class SqliteOutbox:
             )
         try:
             self._tx: Transaction = SqliteTransaction(connection)
+            self._own_connection = connection
             sql.configure(connection, synchronous, busy_timeout)
             sql.create_tables(connection)
         except BaseException:
@@ -382,6 +385,35 @@ class SqliteOutbox:
         """`relay` with `dispatch_batch_async`, for coroutine handlers (see `relay_async`)."""
         return await relay_batches_async(
             self, dispatcher, batch_size=batch_size, take_over=take_over, concurrent=concurrent
+        )
+
+    def wait(self, timeout: float) -> bool:
+        """Block until another connection commits to the database or `timeout` seconds pass
+        (SQLite has no notifications: this polls `PRAGMA data_version`); True on a commit."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        connection = self._own_connection
+        deadline = time.monotonic() + timeout
+        version = connection.execute("PRAGMA data_version").fetchone()[0]
+        while True:
+            if connection.execute("PRAGMA data_version").fetchone()[0] != version:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.01))
+
+    def serve(
+        self,
+        dispatcher: BatchDispatcher,
+        batch_size: int = 1000,
+        *,
+        poll_interval: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> RelayResult:
+        """Relay whenever rows may be free, until `stop` is set (see `domainbus.outbox.serve`)."""
+        return serve(
+            self, dispatcher, batch_size=batch_size, poll_interval=poll_interval, stop=stop
         )
 
     # -- idempotency -----------------------------------------------------------------------
