@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -50,6 +51,12 @@ CODEC = EventCodec(Registered, Welcomed)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
     """The database of the store under test: SQLite on a file, or PostgreSQL on a real server."""
     yield from make_db(request, tmp_path, request.param, CODEC)
+
+
+@pytest.fixture
+def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """A PostgreSQL database, for what only PostgreSQL has."""
+    yield from make_db(request, tmp_path, "postgres", CODEC)
 
 
 @pytest.fixture
@@ -563,6 +570,89 @@ def test_idempotent_rejects_what_it_cannot_key(outbox: Outbox) -> None:
         idempotent(print, outbox)(object())
 
 
+# -- the store's API -----------------------------------------------------------------------
+
+
+def test_append_checks_its_argument(outbox: Outbox) -> None:
+    """A str (or one bytes object) is not a list of payloads: no row per character."""
+    outbox.begin()
+    with pytest.raises(TypeError, match="not a str; wrap a single payload in a list"):
+        outbox.append("some text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not a bytes; wrap"):
+        outbox.append(CODEC.encode(Registered(n=1)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"outbox\.encode\(event\)\), not str"):
+        outbox.append([CODEC.encode(Registered(n=1)), "x"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not Registered"):
+        outbox.append([Registered(n=1)])  # type: ignore[list-item]
+    outbox.commit()
+    assert outbox.pending() == 0
+
+
+def test_prune_processed_forgets_old_records_only(
+    backend: ModuleType, outbox: Outbox, db: Db
+) -> None:
+    calls: list[int] = []
+    handler = idempotent(lambda e: calls.append(e.n), outbox, key="k")
+    event = Registered(n=1)
+    handler(event)
+    assert outbox.prune_processed(3600) == 0  # recorded a moment ago: kept
+    handler(event)
+    assert calls == [1]
+    assert db.count("SELECT count(*) FROM domainbus_processed") == 1
+    time.sleep(0.01)
+    assert outbox.prune_processed(0) == 1
+    handler(event)  # forgotten: a redelivery now runs again
+    assert calls == [1, 1]
+    with pytest.raises(ValueError, match="older_than"):
+        outbox.prune_processed(-1)
+
+
+def test_wait_returns_on_a_commit_from_elsewhere(outbox: Outbox, db: Db) -> None:
+    listener = db.open()
+    assert listener.wait(0) is False
+    store_free(outbox, [Registered(n=1)])
+    assert listener.wait(60) is True  # the commit wakes it long before the timeout
+    with pytest.raises(ValueError, match="timeout"):
+        listener.wait(-1)
+
+
+def test_serve_delivers_what_commits_announce(backend: ModuleType, outbox: Outbox, db: Db) -> None:
+    """A serving relay wakes on the commit (NOTIFY on PostgreSQL, data_version on SQLite): with a
+    poll interval of an hour, only the wake-up can deliver within the test's wait."""
+    dispatcher = backend.Dispatcher()
+    got: list[int] = []
+    arrived = threading.Event()
+
+    def handler(event: Registered) -> None:
+        got.append(event.n)
+        if len(got) == 3:
+            arrived.set()
+
+    dispatcher.register_handler(Registered, handler)
+    stop = threading.Event()
+    results: list[RelayResult] = []
+    ready = threading.Event()
+
+    def serve() -> None:
+        server = db.open()  # in its thread: a sqlite3 connection stays on its own thread
+        ready.set()
+        results.append(server.serve(dispatcher, poll_interval=3600, stop=stop))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        store_free(outbox, [Registered(n=1), Registered(n=2)])
+        store_free(outbox, [Registered(n=3)])
+        assert arrived.wait(30), "the commit did not wake the relay"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert sorted(got) == [1, 2, 3]
+    assert results == [RelayResult(delivered=3)]
+
+
 # -- settings --------------------------------------------------------------------------------
 
 
@@ -589,6 +679,54 @@ def test_sqlite_bad_settings_are_reported(path: Path) -> None:
     with pytest.raises(OutboxError, match="open transaction"):
         SqliteOutbox(connection, CODEC)
     connection.close()
+
+
+def test_postgres_settings(pg: Db) -> None:
+    import psycopg
+
+    from domainbus.outbox import PostgresOutbox
+
+    assert pg.open().synchronous_commit == "on"  # the default, set explicitly
+    assert pg.open(synchronous_commit="off").synchronous_commit == "off"
+    sqlalchemy_url = pg.target.replace("postgresql://", "postgresql+psycopg://")
+    assert PostgresOutbox(sqlalchemy_url, CODEC).pending() == 0
+    with pytest.raises(ValueError, match="synchronous_commit must be one of"):
+        pg.open(synchronous_commit="maybe")
+    with pytest.raises(ValueError, match="max_attempts"):
+        pg.open(max_attempts=0)
+    with pytest.raises(ValueError, match="lease"):
+        pg.open(lease=-1)
+    with pytest.raises(TypeError, match="EventCodec"):
+        PostgresOutbox(pg.target, object())
+    with pytest.raises(TypeError, match="connection string or a psycopg Connection"):
+        PostgresOutbox(42, CODEC)
+    connection = pg.connect()
+    connection.execute("SELECT 1")  # autocommit off: a transaction is open
+    with pytest.raises(OutboxError, match="open transaction"):
+        PostgresOutbox(connection, CODEC)
+    connection.rollback()
+    box = PostgresOutbox(connection, CODEC)
+    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert box.pending() == 0
+    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_postgres_tables_are_created_once_under_concurrency(pg: Db) -> None:
+    """Concurrent CREATE TABLE IF NOT EXISTS can fail: set-up is serialised by a lock."""
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            pg.open()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
 
 
 # -- crashes and concurrent relays, in real processes ----------------------------------------
@@ -847,11 +985,6 @@ def test_two_processes_relay_the_same_outbox(
     backend: ModuleType, outbox: Outbox, db: Db, tmp_path: Path
 ) -> None:
     relay_in_processes(backend, db, tmp_path, 3000, 2, 25)
-
-
-@pytest.fixture
-def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    yield from make_db(request, tmp_path, "postgres", CODEC)
 
 
 def test_four_relay_processes(backend: ModuleType, pg: Db, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Protocol
 
 from domainbus.outbox.store import RelayResult
@@ -20,6 +21,7 @@ from domainbus.outbox.store import RelayResult
 __all__ = ["serve"]
 
 logger = logging.getLogger("domainbus.outbox")
+_STOP_CHECK = 0.25  # seconds between looks at `stop` while waiting
 
 
 class _Serving(Protocol):
@@ -51,7 +53,15 @@ def serve(
             dead += result.dead_lettered
             if result.delivered or result.dead_lettered:
                 continue  # more may have come meanwhile
-        if stop is not None and stop.is_set():
-            break
-        store.wait(poll_interval)
+        _wait(store, poll_interval, stop)
     return RelayResult(delivered, tuple(dead))
+
+
+def _wait(store: _Serving, poll_interval: float, stop: threading.Event | None) -> None:
+    """Until the store announces free rows, `poll_interval` passes, or `stop` is set (looked at
+    every quarter of a second)."""
+    deadline = time.monotonic() + poll_interval
+    while stop is None or not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0 or store.wait(min(left, _STOP_CHECK)):
+            return

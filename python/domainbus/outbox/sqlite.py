@@ -111,6 +111,7 @@ class SqliteOutbox:
         self._rng = random.Random(os.urandom(16))
         self._owner = self._rng.getrandbits(63)
         self._held = HeldBatches()  # delivered; their rows go with the next commit
+        self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
         self._settled: list[Batch] = []  # held batches whose rows the open transaction deletes
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
@@ -388,15 +389,17 @@ class SqliteOutbox:
         )
 
     def wait(self, timeout: float) -> bool:
-        """Block until another connection commits to the database or `timeout` seconds pass
-        (SQLite has no notifications: this polls `PRAGMA data_version`); True on a commit."""
+        """Block until another connection has committed to the database since this outbox last
+        looked, or `timeout` seconds pass; True on a commit. SQLite has no notifications: this
+        polls `PRAGMA data_version` every 10 ms."""
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         connection = self._own_connection
         deadline = time.monotonic() + timeout
-        version = connection.execute("PRAGMA data_version").fetchone()[0]
         while True:
-            if connection.execute("PRAGMA data_version").fetchone()[0] != version:
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._data_version = version
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
