@@ -26,7 +26,9 @@ SQLAlchemy `Session` or `Connection` (and `AsyncSession` / `AsyncConnection` for
 `domainbus.transactions` adapts each. With an outbox on another connection than the handle (a
 `PostgresOutbox` next to a SQLAlchemy session), the outbox rows go through the handle's own
 transaction (`outbox.bind(handle)`). `track_session=True` (SQLAlchemy sessions) collects the
-events of every aggregate the session has loaded or added, without a `track` call for each.
+events of every aggregate the session has loaded or added, without a `track` call for each: an
+aggregate joins when the unit of work first finds it in the session (looked at in every `track`
+and `record` call, at the commit, and after each event its handlers dispatch).
 
 Writes that handlers make through the unit of work's connection while it dispatches, and that
 leave a transaction open (the sqlite3 module's legacy mode opens one before an INSERT, psycopg
@@ -171,6 +173,8 @@ class _UnitOfWorkBase:
         """Collect `aggregate`'s events when this unit of work commits; returns the aggregate."""
         if not self._accepting:
             raise self._misuse("track")
+        if self._session is not None:
+            self._track_session_objects()
         if not callable(getattr(aggregate, "pull_events", None)):
             raise TypeError(
                 f"track() needs an aggregate with pull_events() (an AggregateRoot), "
@@ -187,6 +191,8 @@ class _UnitOfWorkBase:
             raise self._misuse("record")
         if isinstance(event, type):
             raise TypeError(f"record() needs an event instance, not the class {event.__qualname__}")
+        if self._session is not None:
+            self._track_session_objects()
         own = self._own
         if own is None:
             own = self._own = _OwnEvents()
