@@ -52,6 +52,9 @@ class Transaction(Protocol):
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def cursor(self) -> Any: ...
+    @property
+    def user_handle(self) -> object:
+        """What the user passed (the connection or session)."""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -101,6 +104,10 @@ class SqliteTransaction:
     def cursor(self) -> sqlite3.Cursor:
         return self._cursor
 
+    @property
+    def user_handle(self) -> object:
+        return self.connection
+
 
 class PsycopgTransaction:
     """Transactions on a psycopg 3 `Connection`.
@@ -138,6 +145,10 @@ class PsycopgTransaction:
 
     def cursor(self) -> Any:
         return self._cursor
+
+    @property
+    def user_handle(self) -> object:
+        return self.connection
 
 
 class SqlAlchemyTransaction:
@@ -192,10 +203,8 @@ class SqlAlchemyTransaction:
         return self._cursor
 
     @property
-    def dbapi_connection(self) -> Any:
-        """The DB-API connection of the current transaction."""
-        self.cursor()
-        return self._dbapi
+    def user_handle(self) -> object:
+        return self.handle
 
 
 class AsyncSqlAlchemyTransaction(SqlAlchemyTransaction):
@@ -218,6 +227,10 @@ class AsyncSqlAlchemyTransaction(SqlAlchemyTransaction):
                 + type(handle).__qualname__
             )
         self.async_handle = handle
+
+    @property
+    def user_handle(self) -> object:
+        return self.async_handle
 
     def run(self, step: Callable[[], T]) -> Awaitable[T]:
         """Run a synchronous step that uses this transaction, in the session's greenlet."""

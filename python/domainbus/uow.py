@@ -372,7 +372,8 @@ _STORE, _DISPATCH = 0, 1  # the kinds of step of `_UnitOfWorkBase._steps`
 
 def _bind(outbox: OutboxStore, adapter: Transaction, handle: object) -> OutboxStore:
     """The outbox as seen through the unit of work's own transaction."""
-    if handle is outbox.connection:
+    own = getattr(outbox, "handle", None)  # what the store's transactions run on
+    if handle is (outbox.connection if own is None else own):
         return outbox
     bind: Callable[[object], OutboxStore] | None = getattr(outbox, "bind", None)
     if bind is None:

@@ -173,6 +173,11 @@ class PostgresOutbox:
         return self._cursor.connection
 
     @property
+    def handle(self) -> object:
+        """What this outbox's transactions run on: its connection, or the handle it is bound to."""
+        return self._tx.user_handle
+
+    @property
     def dialect(self) -> str:
         return "postgresql"
 
