@@ -17,7 +17,9 @@ wakes milliseconds after the commit, polling as the fallback.
 Durability: `synchronous_commit` is set explicitly on the outbox's connection, "on" by default
 (a commit returns once its WAL is flushed: a crash of the server loses nothing committed).
 "off" returns before the flush: a server crash can lose the last few hundred milliseconds of
-commits (rows and events together, never one without the other).
+commits (rows and events together, never one without the other). The one exception is a
+transaction that only claims rows (a relay's first claim): it commits without waiting, since
+losing it only frees those rows again.
 """
 
 from __future__ import annotations
@@ -281,12 +283,17 @@ class PostgresOutbox:
         Free: unclaimed, or claimed by an outbox whose session is gone, or longer ago than the
         lease; with `take_over`, every claim that is not this outbox's (at start-up, when no
         other process relays this database; never from inside a handler).
+
+        In a transaction that has written nothing before the claim (a relay's first claim), the
+        commit does not wait for the WAL flush (`synchronous_commit=off` for that transaction):
+        a claim lost in a server crash only frees its rows again.
         """
+        cursor = self._cursor
+        cursor.execute(sql.CLAIM_ONLY_ASYNC_COMMIT)
         self._settle_held()  # this outbox's delivered rows must not be claimed again
         claim = self._rng.getrandbits(62) + 1
         params = {"limit": limit, "claim": claim, "owner": self._owner, "lease": self.lease}
         statement = sql.CLAIM_TAKING_OVER if take_over else sql.CLAIM
-        cursor = self._cursor
         cursor.execute(statement, params)
         rows = sorted(cursor.fetchall())
         if not rows:

@@ -80,6 +80,13 @@ CLAIM = _CLAIM.format(
 )
 CLAIM_TAKING_OVER = _CLAIM.format(free="claim IS NULL OR owner <> %(owner)s")
 SERVER_NOW = f"SELECT {NOW}"
+# A transaction that has written nothing yet (no transaction id) and is about to claim: its
+# commit need not wait for the WAL flush, since losing a claim in a server crash only frees
+# its rows again.
+CLAIM_ONLY_ASYNC_COMMIT = (
+    "SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL "
+    "THEN set_config('synchronous_commit', 'off', true) END"
+)
 DELETE_OWN = "DELETE FROM domainbus_outbox WHERE id = ANY(%s::bigint[]) AND claim = %s"
 DELETE_OWN_ONE = "DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s"
 RELEASE_OWN = (
