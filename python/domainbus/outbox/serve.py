@@ -43,6 +43,7 @@ def serve(
     if not poll_interval > 0:
         raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
     delivered, dead = 0, []
+    store.wait(0)  # start listening before the first relay: no announcement falls in between
     while stop is None or not stop.is_set():
         try:
             result = store.relay(dispatcher, batch_size)
