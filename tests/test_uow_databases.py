@@ -355,3 +355,32 @@ def test_an_async_session_needs_the_async_unit_of_work(backend: ModuleType, pg: 
     with pytest.raises(TypeError, match="needs AsyncUnitOfWork"):
         UnitOfWork(backend.Dispatcher(), AsyncSession(engine))
     asyncio.run(engine.dispose())
+
+
+def test_async_connection_unit_of_work(backend: ModuleType, pg: Setup) -> None:
+    """SQLAlchemy Core's AsyncConnection: the outbox row commits with the user's row, or not at
+    all."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    dispatcher = backend.Dispatcher()
+    log: list[Any] = []
+    dispatcher.register_handler(Renamed, log.append)
+
+    async def main() -> None:
+        engine = create_async_engine(pg.db.sqlalchemy_url(asynchronous=True))
+        async with engine.connect() as connection:
+            async with AsyncUnitOfWork(dispatcher, connection, outbox=pg.outbox) as uow:
+                await connection.execute(text("INSERT INTO users VALUES (1)"))
+                uow.record(Renamed(account_id=1, name="kept"))
+            with pytest.raises(ValueError, match="boom"):
+                async with AsyncUnitOfWork(dispatcher, connection, outbox=pg.outbox) as uow:
+                    await connection.execute(text("INSERT INTO users VALUES (2)"))
+                    uow.record(Renamed(account_id=2, name="lost"))
+                    raise ValueError("boom")
+        await engine.dispose()
+
+    asyncio.run(main())
+    assert [e.name for e in log] == ["kept"]
+    assert pg.db.rows("SELECT n FROM users") == [(1,)]
+    pg.outbox.flush()
+    assert pg.outbox.pending() == 0

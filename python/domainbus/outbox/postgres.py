@@ -31,9 +31,9 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from domainbus.outbox import postgres_schema as sql
+import domainbus.outbox.postgres_schema as sql
 from domainbus.outbox.postgres_schema import SYNCHRONOUS_COMMIT_LEVELS, SynchronousCommit
 from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
 from domainbus.outbox.relay import relay as relay_batches
@@ -43,6 +43,7 @@ from domainbus.outbox.store import (
     Batch,
     DeadLetter,
     HeldBatches,
+    Outbox,
     OutboxError,
     RelayResult,
     check_age,
@@ -495,3 +496,9 @@ def _libpq_conninfo(target: str) -> str:
     if sep and scheme.startswith(("postgresql+", "postgres+")):
         return f"postgresql://{rest}"
     return target
+
+
+if TYPE_CHECKING:
+
+    def _follows_the_protocol(outbox: PostgresOutbox) -> Outbox:
+        return outbox  # mypy checks that PostgresOutbox has the whole `Outbox` API

@@ -27,10 +27,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+import domainbus.outbox.schema as sql
 from domainbus.codec import EventCodec
-from domainbus.outbox import schema as sql
 from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
 from domainbus.outbox.relay import relay as relay_batches
 from domainbus.outbox.relay import relay_async as relay_batches_async
@@ -40,6 +40,7 @@ from domainbus.outbox.store import (
     Batch,
     DeadLetter,
     HeldBatches,
+    Outbox,
     RelayResult,
     check_age,
     check_codec,
@@ -498,3 +499,9 @@ class SqliteOutbox:
             self.rollback()
             raise
         return moved
+
+
+if TYPE_CHECKING:
+
+    def _follows_the_protocol(outbox: SqliteOutbox) -> Outbox:
+        return outbox  # mypy checks that SqliteOutbox has the whole `Outbox` API
