@@ -267,12 +267,25 @@ class PostgresOutbox:
         cursor = self._cursor
         claim = self._rng.getrandbits(62) + 1 if claimed else None
         owner = self._owner if claimed else None
-        if len(payloads) == 1:
-            cursor.execute(sql.INSERT_ONE, (payloads[0], claim, owner, claimed))
-            ids = [cursor.fetchone()[0]]
-        else:
-            cursor.execute(sql.INSERT_MANY, (claim, owner, claimed, list(payloads)))
-            ids = sorted(row[0] for row in cursor.fetchall())
+        held = self._held.take() if self._held else None
+        deleting: tuple[object, ...] = ()
+        if held:  # delete delivered batches in the same statement: no extra round trip
+            self._settled += held
+            deleting = ([i for batch in held for i in batch.ids], [b.claim for b in held])
+        try:
+            if len(payloads) == 1:
+                statement = sql.INSERT_ONE_DELETING if held else sql.INSERT_ONE
+                cursor.execute(statement, (*deleting, payloads[0], claim, owner, claimed))
+                ids = [cursor.fetchone()[0]]
+            else:
+                statement = sql.INSERT_MANY_DELETING if held else sql.INSERT_MANY
+                cursor.execute(statement, (*deleting, claim, owner, claimed, list(payloads)))
+                ids = sorted(row[0] for row in cursor.fetchall())
+        except BaseException:
+            if held:  # not deleted: held again (the caller rolls back)
+                self._held.restore(held)
+                del self._settled[-len(held) :]
+            raise
         if not claimed and payloads:
             cursor.execute(sql.NOTIFY)
         return Batch(claim or 0, ids, [], [], in_rows=True)

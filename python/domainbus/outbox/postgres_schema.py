@@ -63,6 +63,13 @@ INSERT_MANY = (
     f"SELECT payload, %s, %s, CASE WHEN %s THEN {NOW} END FROM unnest(%s::bytea[]) AS payload "
     "RETURNING id"
 )
+# The deferred delete of delivered batches, riding along with the next append (one round trip).
+_DELETE_HELD = (
+    "WITH delivered AS (DELETE FROM domainbus_outbox "
+    "WHERE id = ANY(%s::bigint[]) AND claim = ANY(%s::bigint[])) "
+)
+INSERT_ONE_DELETING = _DELETE_HELD + INSERT_ONE
+INSERT_MANY_DELETING = _DELETE_HELD + INSERT_MANY
 # Owners whose session still holds its advisory lock (a bigint key: classid high, objid low).
 _LIVE_OWNERS = (
     "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
