@@ -295,8 +295,8 @@ class PostgresOutbox:
         rows other relays are claiming at this moment (SKIP LOCKED).
 
         Free: unclaimed, or claimed by an outbox whose session is gone, or longer ago than the
-        lease; with `take_over`, every claim that is not this outbox's (at start-up, when no
-        other process relays this database; never from inside a handler).
+        lease; with `take_over`, every row, whoever claimed it (at start-up, when no other
+        process relays this database; never from inside a handler).
 
         In a transaction that has written nothing before the claim (a relay's first claim), the
         commit does not wait for the WAL flush (`synchronous_commit=off` for that transaction):

@@ -85,7 +85,8 @@ _CLAIM = (
 CLAIM = _CLAIM.format(
     free=f"claim IS NULL OR claimed_at < {NOW} - %(lease)s OR owner NOT IN ({_LIVE_OWNERS})"
 )
-CLAIM_TAKING_OVER = _CLAIM.format(free="claim IS NULL OR owner <> %(owner)s")
+# take_over: every row not locked by a claim being made right now (as SQLite's take_over)
+CLAIM_TAKING_OVER = _CLAIM.format(free="true")
 SERVER_NOW = f"SELECT {NOW}"
 # A transaction that has written nothing yet (no transaction id) and is about to claim: its
 # commit need not wait for the WAL flush, since losing a claim in a server crash only frees
