@@ -41,6 +41,7 @@ delivered), or rolled back if a handler raises. On a connection in autocommit mo
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
@@ -140,7 +141,15 @@ class _UnitOfWorkBase:
         self._handle = connection
         self._outbox = outbox
         self._tx: _Control | None
-        adapter = transaction_for(connection) if connection is not None else None
+        adapter: Transaction | None = None
+        if connection is not None and not (
+            # the common case, the outbox on this very connection: nothing to adapt
+            outbox is not None
+            and connection is getattr(outbox, "handle", None)
+            and _is_plain_connection(connection)
+            and not track_session
+        ):
+            adapter = transaction_for(connection)
         if outbox is not None:
             if adapter is not None:
                 outbox = self._outbox = _bind(outbox, adapter, connection)
@@ -368,6 +377,12 @@ class _UnitOfWorkBase:
 
 
 _STORE, _DISPATCH = 0, 1  # the kinds of step of `_UnitOfWorkBase._steps`
+
+
+def _is_plain_connection(handle: object) -> bool:
+    """A sqlite3 or psycopg connection (not a SQLAlchemy handle, whose async kinds need their
+    greenlet): an outbox on it already holds its adapter."""
+    return isinstance(handle, sqlite3.Connection) or type(handle).__module__.startswith("psycopg")
 
 
 def _bind(outbox: OutboxStore, adapter: Transaction, handle: object) -> OutboxStore:
