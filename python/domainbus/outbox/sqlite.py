@@ -57,6 +57,16 @@ _MAX_ROWS_PER_INSERT = 1000  # 3 parameters a row; SQLite 3.32+ allows 32,766
 _MAX_IDS_PER_DELETE = 5000
 
 
+class _CurrentCursor:
+    """`outbox._cursor`: the cursor of the transaction's current connection, looked up on each
+    use (a view bound to a SQLAlchemy session); a plain connection's is stored on the instance,
+    which this non-data descriptor lets win."""
+
+    def __get__(self, outbox: SqliteOutbox, owner: type | None = None) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = outbox._tx.cursor()
+        return cursor
+
+
 class SqliteOutbox:
     """Outbox, relay and idempotency records in one SQLite database.
 
@@ -111,6 +121,7 @@ class SqliteOutbox:
         self.max_attempts = max_attempts
         self._rng = random.Random(os.urandom(16))
         self._owner = self._rng.getrandbits(63)
+        self._cursor = self._tx.cursor()
         self._held = HeldBatches()  # delivered; their rows go with the next commit
         self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
         self._settled: list[Batch] = []  # held batches whose rows the open transaction deletes
@@ -134,12 +145,13 @@ class SqliteOutbox:
         view = copy.copy(self)
         view._tx, view._owns_connection, view._settled = tx, False, []
         view._rng = random.Random(os.urandom(16))
+        if isinstance(tx, SqliteTransaction):
+            view._cursor = tx.cursor()
+        else:  # a session may change connections between transactions: follow it
+            view.__dict__.pop("_cursor", None)
         return view
 
-    @property
-    def _cursor(self) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = self._tx.cursor()
-        return cursor
+    _cursor = _CurrentCursor()  # an instance attribute instead, on a plain sqlite3 connection
 
     @property
     def connection(self) -> sqlite3.Connection:
