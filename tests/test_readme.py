@@ -44,7 +44,8 @@ def test_readme_examples_run(backend: ModuleType, monkeypatch: pytest.MonkeyPatc
         "registered user-1",
         "stats +1 (UserRegistered)",
     ]
-    assert "Welcome, grace <grace@example.com>" in examples["messages"]
+    # The outbox example has a dispatcher of its own: the Quick start's handlers never saw grace.
+    assert not any("grace" in message for message in examples["messages"])
 
 
 def test_readme_claims_about_events_hold() -> None:

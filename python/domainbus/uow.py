@@ -21,19 +21,40 @@ Without an outbox the events are dispatched from memory: a crash between commit 
 loses them. With an outbox (`domainbus.outbox`) they are stored in the same transaction as the
 user's writes and the dispatch is backed by the outbox: at-least-once, even across crashes.
 
+The transaction is the user's own handle: a `sqlite3` connection, a psycopg 3 connection, a
+SQLAlchemy `Session` or `Connection` (and `AsyncSession` / `AsyncConnection` for the async twin);
+`domainbus.transactions` adapts each. With an outbox on another connection than the handle (a
+`PostgresOutbox` next to a SQLAlchemy session), the outbox rows go through the handle's own
+transaction (`outbox.bind(handle)`). `track_session=True` (SQLAlchemy sessions) collects the
+events of every aggregate the session has loaded or added, without a `track` call for each: an
+aggregate joins when the unit of work first finds it in the session (looked at in every `track`
+and `record` call, at the commit, and after each event its handlers dispatch).
+
 Writes that handlers make through the unit of work's connection while it dispatches, and that
-leave a transaction open (the sqlite3 module's default, legacy mode opens one before an INSERT),
-are committed after each round of events (with the outbox, together with the rows that record
-the round as delivered), or rolled back if a handler raises. On a connection in autocommit mode
-(`isolation_level=None`) each such statement commits on its own.
+leave a transaction open (the sqlite3 module's legacy mode opens one before an INSERT, psycopg
+with autocommit off before any statement, a SQLAlchemy session at its first use), are committed
+after each round of events (with the outbox, together with the rows that record the round as
+delivered), or rolled back if a handler raises. On a connection in autocommit mode
+(`isolation_level=None`, psycopg `autocommit=True`) each such statement commits on its own.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+
+from domainbus.outbox.failures import settle_after_failure
+from domainbus.transactions import (
+    AsyncSqlAlchemyTransaction,
+    SqlAlchemyTransaction,
+    SqliteTransaction,
+    Transaction,
+    describe_error,
+    transaction_for,
+)
 
 if TYPE_CHECKING:
     from domainbus.outbox.store import Batch, OutboxStore
@@ -43,7 +64,9 @@ __all__ = [
     "DispatcherLike",
     "EventSource",
     "SqliteTransaction",
+    "Transaction",
     "UnitOfWork",
+    "describe_error",
 ]
 
 A = TypeVar("A", bound="EventSource")
@@ -65,53 +88,14 @@ class AsyncDispatcherLike(Protocol):
     ) -> Coroutine[Any, Any, int]: ...
 
 
-class Transaction(Protocol):
-    """The transaction control a unit of work needs from its store."""
+class _Control(Protocol):
+    """The transaction control the unit of work uses: a `Transaction`, or an outbox store."""
 
     @property
     def in_transaction(self) -> bool: ...
     def begin(self) -> None: ...
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
-
-
-class SqliteTransaction:
-    """Explicit transactions on a user's `sqlite3.Connection` (legacy or autocommit mode).
-
-    `begin` issues BEGIN IMMEDIATE: the write lock is taken at once, so a busy database makes
-    the caller wait (up to the busy timeout) instead of failing when a read turns into a write.
-    Connections opened with `autocommit=False` (Python 3.12+) always hold a transaction open
-    and are refused.
-    """
-
-    __slots__ = ("_cursor", "connection")
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        if not isinstance(connection, sqlite3.Connection):
-            raise TypeError(f"expected a sqlite3.Connection, not {type(connection).__qualname__}")
-        if getattr(connection, "autocommit", None) is False:
-            raise ValueError(
-                "connections opened with autocommit=False are not supported: open it with "
-                "autocommit=True or leave the default (the legacy isolation_level)"
-            )
-        self.connection = connection
-        self._cursor = connection.cursor()
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.connection.in_transaction
-
-    def begin(self) -> None:
-        """Start a write transaction (BEGIN IMMEDIATE)."""
-        self._cursor.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self._cursor.execute("COMMIT")
-
-    def rollback(self) -> None:
-        """Roll back the open transaction, if there is one."""
-        if self.connection.in_transaction:
-            self._cursor.execute("ROLLBACK")
 
 
 class _OwnEvents:
@@ -147,20 +131,38 @@ class _UnitOfWorkBase:
 
     def __init__(
         self,
-        connection: sqlite3.Connection | None = None,
+        connection: object | None = None,
         *,
         outbox: OutboxStore | None = None,
+        track_session: bool = False,
     ) -> None:
+        if not isinstance(track_session, bool):
+            raise TypeError(f"track_session must be a bool, not {type(track_session).__qualname__}")
+        self._handle = connection
         self._outbox = outbox
-        self._tx: Transaction | None
+        self._tx: _Control | None
+        adapter: Transaction | None = None
+        if connection is not None and not (
+            # the common case, the outbox on this very connection: nothing to adapt
+            outbox is not None
+            and connection is getattr(outbox, "handle", None)
+            and _is_plain_connection(connection)
+            and not track_session
+        ):
+            adapter = transaction_for(connection)
         if outbox is not None:
-            if connection is not None and connection is not outbox.connection:
-                raise ValueError("the outbox must be opened on the unit of work's connection")
+            if adapter is not None:
+                outbox = self._outbox = _bind(outbox, adapter, connection)
             self._tx = outbox
-        elif connection is not None:
-            self._tx = SqliteTransaction(connection)
         else:
-            self._tx = None
+            self._tx = adapter
+        # an AsyncSession's steps run in its greenlet; everything else runs as it is
+        self._async_tx = adapter if isinstance(adapter, AsyncSqlAlchemyTransaction) else None
+        self._session: Any = None
+        if track_session:
+            if not isinstance(adapter, SqlAlchemyTransaction) or not adapter._is_session:
+                raise TypeError("track_session=True needs a SQLAlchemy Session or AsyncSession")
+            self._session = adapter.handle
         self._sources: list[EventSource] = []  # in the order they joined
         self._source_ids: set[int] = set()
         self._own: _OwnEvents | None = None
@@ -168,11 +170,11 @@ class _UnitOfWorkBase:
         self._accepting = False  # inside the with block or its dispatch
 
     @property
-    def connection(self) -> sqlite3.Connection | None:
-        """The connection whose transaction this unit of work controls, if any."""
-        if self._outbox is not None:
+    def connection(self) -> Any:
+        """The handle whose transaction this unit of work controls (or the outbox's connection)."""
+        if self._handle is None and self._outbox is not None:
             return self._outbox.connection
-        return self._tx.connection if isinstance(self._tx, SqliteTransaction) else None
+        return self._handle
 
     # -- collecting events ---------------------------------------------------------------------
 
@@ -180,6 +182,8 @@ class _UnitOfWorkBase:
         """Collect `aggregate`'s events when this unit of work commits; returns the aggregate."""
         if not self._accepting:
             raise self._misuse("track")
+        if self._session is not None:
+            self._track_session_objects()
         if not callable(getattr(aggregate, "pull_events", None)):
             raise TypeError(
                 f"track() needs an aggregate with pull_events() (an AggregateRoot), "
@@ -196,6 +200,8 @@ class _UnitOfWorkBase:
             raise self._misuse("record")
         if isinstance(event, type):
             raise TypeError(f"record() needs an event instance, not the class {event.__qualname__}")
+        if self._session is not None:
+            self._track_session_objects()
         own = self._own
         if own is None:
             own = self._own = _OwnEvents()
@@ -208,6 +214,8 @@ class _UnitOfWorkBase:
 
     def _collect(self) -> list[Any]:
         """Take the pending events of every source, in source order."""
+        if self._session is not None:
+            self._track_session_objects()
         sources = self._sources
         if len(sources) == 1:
             return sources[0].pull_events()
@@ -215,6 +223,17 @@ class _UnitOfWorkBase:
         for source in sources:
             events.extend(source.pull_events())
         return events
+
+    def _track_session_objects(self) -> None:
+        """Track every aggregate the session holds (loaded, then added), in the order it saw
+        them, as cosmic-python's repositories keep their "seen" set."""
+        session = self._session
+        known = self._source_ids
+        for objects in (session.identity_map.values(), session.new):
+            for obj in objects:
+                if id(obj) not in known and callable(getattr(type(obj), "pull_events", None)):
+                    known.add(id(obj))
+                    self._sources.append(obj)
 
     # -- the block ---------------------------------------------------------------------------
 
@@ -316,42 +335,78 @@ class _UnitOfWorkBase:
                 "dispatched (use an outbox to have them delivered later)"
             )
             return
-        delivered, payloads = index, round_.payloads
-        if tx is not None and tx.in_transaction:
-            # The handlers wrote through the connection: this round's writes are undone
-            # together, so the whole round goes back to the outbox.
-            tx.rollback()
-            delivered, payloads = 0, []
-        failed = [(batch.ids[index], describe_error(exc))] if isinstance(exc, Exception) else []
         try:
-            outbox.begin()
-            dead = outbox.settle(batch, delivered=batch.ids[:delivered], failed=failed)
-            if payloads:
-                outbox.append(payloads, claimed=False)
-            outbox.commit()
+            settled = settle_after_failure(
+                outbox, batch, batch.ids, index, [(index, exc)], follow_ups=round_.payloads
+            )
         except Exception as store_exc:
-            outbox.rollback()
             exc.add_note(
                 f"domainbus: recording the failure in the outbox failed too ({store_exc!r}); "
                 "the events stay claimed until the lease runs out, then relay() retries them"
             )
             return
-        where = "moved to the dead-letter table" if dead else "stays in the outbox"
+        where = "moved to the dead-letter table" if settled.dead_lettered else "stays in the outbox"
         exc.add_note(
             f"domainbus: the unit of work was committed; outbox row {batch.ids[index]} {where}, "
-            f"{len(events) - delivered - 1} other event(s) of this round stay in the outbox "
-            "for relay()"
+            f"{len(events) - len(settled.delivered) - 1} other event(s) of this round stay in "
+            "the outbox for relay()"
         )
+
+    # -- the one core of both twins ----------------------------------------------------------
+
+    def _steps(self) -> Generator[tuple[int, Any], Any, None]:
+        """The life of the block after a clean exit, as steps for a driver to run.
+
+        Yields (`_STORE`, step): the driver runs `step()` (in the session's greenlet for an
+        AsyncSession) and sends back its result; (`_DISPATCH`, event): the driver dispatches it
+        and sends back None, or the exception the dispatch raised.
+        """
+        round_: _Round | None = yield _STORE, self._commit
+        while round_ is not None and round_.events:
+            for index, event in enumerate(round_.events):
+                failure: BaseException | None = yield _DISPATCH, event
+                if failure is None:
+                    try:
+                        self._follow_ups(round_)
+                    except BaseException as exc:
+                        failure = exc
+                if failure is not None:
+                    yield _STORE, functools.partial(self._fail, failure, round_, index)
+                    raise failure
+            round_ = yield _STORE, functools.partial(self._next_round, round_)
+
+
+_STORE, _DISPATCH = 0, 1  # the kinds of step of `_UnitOfWorkBase._steps`
+
+
+def _is_plain_connection(handle: object) -> bool:
+    """A sqlite3 or psycopg connection (not a SQLAlchemy handle, whose async kinds need their
+    greenlet): an outbox on it already holds its adapter."""
+    return isinstance(handle, sqlite3.Connection) or type(handle).__module__.startswith("psycopg")
+
+
+def _bind(outbox: OutboxStore, adapter: Transaction, handle: object) -> OutboxStore:
+    """The outbox as seen through the unit of work's own transaction."""
+    own = getattr(outbox, "handle", None)  # what the store's transactions run on
+    if handle is (outbox.connection if own is None else own):
+        return outbox
+    bind: Callable[[object], OutboxStore] | None = getattr(outbox, "bind", None)
+    if bind is None:
+        raise ValueError("the outbox must be opened on the unit of work's connection")
+    return bind(adapter)
 
 
 class UnitOfWork(_UnitOfWorkBase):
     """A transaction plus the domain events it causes; used once, as a `with` block.
 
     `dispatcher`: a `Dispatcher` of either backend (anything with `dispatch(event)`).
-    `connection`: the user's `sqlite3.Connection`; the unit of work begins, commits and rolls
-    back its transaction. `outbox`: an outbox store (e.g. `SqliteOutbox`) on that same
-    connection; the events are then stored with the user's writes and delivered at least once.
+    `connection`: the user's `sqlite3.Connection`, psycopg `Connection`, or SQLAlchemy
+    `Session` / `Connection`; the unit of work begins, commits and rolls back its transaction.
+    `outbox`: an outbox store (`SqliteOutbox`, `PostgresOutbox`); the events are then stored
+    with the user's writes, through the same transaction, and delivered at least once.
     With neither, there is no transaction and the events are dispatched on a clean exit.
+    `track_session=True` (SQLAlchemy sessions only) also collects the events of every aggregate
+    in the session's identity map and of every object added to it.
 
     A failure while dispatching (after the commit) propagates with a note saying what was
     committed and what became of the remaining events.
@@ -360,9 +415,10 @@ class UnitOfWork(_UnitOfWorkBase):
     def __init__(
         self,
         dispatcher: DispatcherLike,
-        connection: sqlite3.Connection | None = None,
+        connection: object | None = None,
         *,
         outbox: OutboxStore | None = None,
+        track_session: bool = False,
     ) -> None:
         try:
             self._dispatch = dispatcher.dispatch
@@ -370,7 +426,9 @@ class UnitOfWork(_UnitOfWorkBase):
             raise TypeError(
                 f"dispatcher must have a dispatch() method, not {type(dispatcher).__qualname__}"
             ) from None
-        super().__init__(connection, outbox=outbox)
+        super().__init__(connection, outbox=outbox, track_session=track_session)
+        if self._async_tx is not None:
+            raise TypeError("an AsyncSession or AsyncConnection needs AsyncUnitOfWork")
 
     def __enter__(self) -> Self:
         self._open()
@@ -385,18 +443,22 @@ class UnitOfWork(_UnitOfWorkBase):
         if exc_type is not None:
             self._abandon()
             return
-        round_: _Round | None = self._commit()
         dispatch = self._dispatch
+        steps = self._steps()
         try:
-            while round_ is not None and round_.events:
-                for index, event in enumerate(round_.events):
+            kind, value = next(steps)
+            while True:
+                if kind == _STORE:
+                    reply = value()
+                else:
                     try:
-                        dispatch(event)
-                        self._follow_ups(round_)
+                        dispatch(value)
+                        reply = None
                     except BaseException as failure:
-                        self._fail(failure, round_, index)
-                        raise
-                round_ = self._next_round(round_)
+                        reply = failure
+                kind, value = steps.send(reply)
+        except StopIteration:
+            pass
         finally:
             self._close()
 
@@ -405,17 +467,20 @@ class AsyncUnitOfWork(_UnitOfWorkBase):
     """`UnitOfWork` as an `async with` block: the events are dispatched with `dispatch_async`.
 
     Handlers may be coroutine functions (each is awaited before the next, as `dispatch_async`
-    does). The database work (sqlite3) stays synchronous: it runs on the event loop's thread.
+    does). `connection` may also be a SQLAlchemy `AsyncSession` or `AsyncConnection`: the
+    transaction steps then run in its greenlet; other handles (sqlite3, psycopg, a sync
+    session) stay synchronous and run on the event loop's thread.
     `concurrent=True` runs the handlers of one event together (`dispatch_async(concurrent=True)`).
     """
 
     def __init__(
         self,
         dispatcher: AsyncDispatcherLike,
-        connection: sqlite3.Connection | None = None,
+        connection: object | None = None,
         *,
         outbox: OutboxStore | None = None,
         concurrent: bool = False,
+        track_session: bool = False,
     ) -> None:
         try:
             self._dispatch_async = dispatcher.dispatch_async
@@ -427,10 +492,15 @@ class AsyncUnitOfWork(_UnitOfWorkBase):
         if not isinstance(concurrent, bool):
             raise TypeError(f"concurrent must be a bool, not {type(concurrent).__qualname__}")
         self._concurrent = concurrent
-        super().__init__(connection, outbox=outbox)
+        super().__init__(connection, outbox=outbox, track_session=track_session)
+
+    async def _run(self, step: Callable[[], Any]) -> Any:
+        if self._async_tx is None:
+            return step()
+        return await self._async_tx.run(step)
 
     async def __aenter__(self) -> Self:
-        self._open()
+        await self._run(self._open)
         return self
 
     async def __aexit__(
@@ -440,24 +510,23 @@ class AsyncUnitOfWork(_UnitOfWorkBase):
         tb: TracebackType | None,
     ) -> None:
         if exc_type is not None:
-            self._abandon()
+            await self._run(self._abandon)
             return
-        round_: _Round | None = self._commit()
         dispatch_async, concurrent = self._dispatch_async, self._concurrent
+        steps = self._steps()
         try:
-            while round_ is not None and round_.events:
-                for index, event in enumerate(round_.events):
+            kind, value = next(steps)
+            while True:
+                if kind == _STORE:
+                    reply = await self._run(value)
+                else:
                     try:
-                        await dispatch_async(event, concurrent=concurrent)
-                        self._follow_ups(round_)
+                        await dispatch_async(value, concurrent=concurrent)
+                        reply = None
                     except BaseException as failure:
-                        self._fail(failure, round_, index)
-                        raise
-                round_ = self._next_round(round_)
+                        reply = failure
+                kind, value = steps.send(reply)
+        except StopIteration:
+            pass
         finally:
             self._close()
-
-
-def describe_error(exc: BaseException) -> str:
-    """`TypeName: message`, as stored with a failed outbox row."""
-    return f"{type(exc).__qualname__}: {exc}"

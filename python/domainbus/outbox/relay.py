@@ -39,7 +39,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from domainbus.delivery import batch_index, failed_indexes
-from domainbus.uow import describe_error
+from domainbus.outbox.failures import settle_after_failure
+from domainbus.transactions import describe_error
 
 if TYPE_CHECKING:
     from domainbus.outbox.store import Batch, OutboxStore, RelayResult
@@ -240,28 +241,28 @@ def _settle_failures(
     outcome: _Outcome,
     dead: list[tuple[int, str]],
 ) -> list[int]:
-    """Settle a batch whose dispatch raised, and note the outcome on the exception(s).
+    """Settle a batch whose dispatch raised (`domainbus.outbox.failures` says how), and note
+    the outcome on the exception(s).
 
-    The outcome's delivered rows are deleted; failing rows count an attempt (unless the
-    exception is not an Exception, e.g. KeyboardInterrupt); the rest is released uncounted.
+    The outcome's delivered rows are deleted; each failing row counts one attempt, however many
+    of its handlers failed (unless the exception is not an Exception, e.g. KeyboardInterrupt);
+    the rest is released uncounted.
     """
     error = outcome.error
     assert error is not None
-    if store.in_transaction:  # the handlers wrote through the connection: undo the batch
-        store.rollback()
-        delivered: list[int] = []
+    first_failures: dict[int, BaseException] = {}
+    for index, exc in outcome.failures:
+        first_failures.setdefault(index, exc)
+    # what was attempted is a prefix of the batch: the delivered events and the failing ones
+    attempted = max([*outcome.delivered, *first_failures], default=-1) + 1
+    settled = settle_after_failure(
+        store, batch, ids, attempted, list(first_failures.items()), dead=dead
+    )
+    if settled.rolled_back:
         outcome_text = "the handlers' writes were rolled back and the whole batch stays pending"
     else:
-        delivered = [ids[index] for index in outcome.delivered]
-        outcome_text = f"{len(delivered)} other event(s) of the batch were delivered"
-    failed: dict[int, str] = {}  # one attempt per failing row, however many handlers failed
-    for index, exc in outcome.failures:
-        if isinstance(exc, Exception):
-            failed.setdefault(ids[index], describe_error(exc))
-    settle = functools.partial(
-        store.settle, batch, delivered=delivered, failed=list(failed.items()), dead=dead
-    )
-    moved: list[int] = _in_transaction(store, settle)[0]
+        outcome_text = f"{len(settled.delivered)} other event(s) of the batch were delivered"
+    moved = settled.dead_lettered
     if not outcome.failures:
         error.add_note(
             f"domainbus: relaying outbox rows {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}:"

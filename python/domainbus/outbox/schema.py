@@ -94,6 +94,7 @@ DEAD_LETTER = (
     "SELECT id, payload, attempts, ?, ? FROM domainbus_outbox WHERE id = ?"
 )
 MARK_PROCESSED = "INSERT OR IGNORE INTO domainbus_processed VALUES (?, ?, ?)"
+PRUNE_PROCESSED = "DELETE FROM domainbus_processed WHERE processed_at < ?"
 COUNT_PENDING = "SELECT count(*) FROM domainbus_outbox"
 LIST_DEAD_LETTERS = (
     "SELECT id, outbox_id, payload, attempts, error, failed_at FROM domainbus_dead_letters "

@@ -8,28 +8,46 @@ rows in batches, dispatches them with `dispatch_batch` and deletes them: at-leas
 Delivered rows are deleted lazily: after a unit of work delivers its events, the delete rides
 along with the next transaction this outbox commits (or `flush()`/`close()`), which keeps the
 write path at one transaction per unit of work. A crash before that re-delivers those events.
+
+`outbox.bind(handle)` is the same outbox seen through another handle on the same file (a
+SQLAlchemy `Session` or `Connection` on SQLite, another sqlite3 connection): its rows are
+written in that handle's transactions. Views share the outbox's settings and its deferred
+deletes.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+import domainbus.outbox.schema as sql
 from domainbus.codec import EventCodec
-from domainbus.outbox import schema as sql
 from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
 from domainbus.outbox.relay import relay as relay_batches
 from domainbus.outbox.relay import relay_async as relay_batches_async
 from domainbus.outbox.schema import Synchronous
-from domainbus.outbox.store import Batch, DeadLetter, RelayResult
-from domainbus.uow import SqliteTransaction
+from domainbus.outbox.serve import serve
+from domainbus.outbox.store import (
+    Batch,
+    DeadLetter,
+    HeldBatches,
+    Outbox,
+    RelayResult,
+    check_age,
+    check_codec,
+    check_payloads,
+    check_settings,
+)
+from domainbus.transactions import SqliteTransaction, Transaction, transaction_for
 
 __all__ = ["SqliteOutbox"]
 
@@ -37,6 +55,16 @@ logger = logging.getLogger("domainbus.outbox")
 
 _MAX_ROWS_PER_INSERT = 1000  # 3 parameters a row; SQLite 3.32+ allows 32,766
 _MAX_IDS_PER_DELETE = 5000
+
+
+class _CurrentCursor:
+    """`outbox._cursor`: the cursor of the transaction's current connection, looked up on each
+    use (a view bound to a SQLAlchemy session); a plain connection's is stored on the instance,
+    which this non-data descriptor lets win."""
+
+    def __get__(self, outbox: SqliteOutbox, owner: type | None = None) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = outbox._tx.cursor()
+        return cursor
 
 
 class SqliteOutbox:
@@ -68,14 +96,8 @@ class SqliteOutbox:
         lease: float = 60.0,
         max_attempts: int = 5,
     ) -> None:
-        if not (
-            callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))
-        ):
-            raise TypeError(f"codec must be an EventCodec, not {type(codec).__qualname__}")
-        if not isinstance(lease, int | float) or lease < 0:
-            raise ValueError(f"lease must be a number of seconds >= 0, not {lease!r}")
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+        check_codec(codec)
+        check_settings(lease, max_attempts)
         if isinstance(target, sqlite3.Connection):
             connection, self._owns_connection = target, False
         elif isinstance(target, str | os.PathLike):
@@ -86,21 +108,22 @@ class SqliteOutbox:
                 f"target must be a path or a sqlite3.Connection, not {type(target).__qualname__}"
             )
         try:
-            self._tx = SqliteTransaction(connection)
+            self._tx: Transaction = SqliteTransaction(connection)
+            self._own_connection = connection
             sql.configure(connection, synchronous, busy_timeout)
             sql.create_tables(connection)
         except BaseException:
             if self._owns_connection:
                 connection.close()
             raise
-        self._connection = connection
         self.codec = codec
         self.lease = float(lease)
         self.max_attempts = max_attempts
-        self._cursor = connection.cursor()
         self._rng = random.Random(os.urandom(16))
         self._owner = self._rng.getrandbits(63)
-        self._held: list[Batch] = []  # delivered; their rows go with the next commit
+        self._cursor = self._tx.cursor()
+        self._held = HeldBatches()  # delivered; their rows go with the next commit
+        self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
         self._settled: list[Batch] = []  # held batches whose rows the open transaction deletes
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
@@ -110,9 +133,43 @@ class SqliteOutbox:
 
     # -- connection and transactions -------------------------------------------------------
 
+    def bind(self, handle: object) -> SqliteOutbox:
+        """This outbox seen through `handle` (a SQLAlchemy Session or Connection on SQLite, or
+        another sqlite3 connection to the same file): its reads and writes go through the
+        handle's transactions. The view shares this outbox's codec, settings and deferred
+        deletes; it does not change the handle's connection settings (set WAL, busy_timeout and
+        synchronous where the handle's connections are made)."""
+        tx = transaction_for(handle)
+        if tx.dialect != "sqlite":
+            raise TypeError(f"a SqliteOutbox cannot be bound to a {tx.dialect} handle")
+        view = copy.copy(self)
+        view._tx, view._owns_connection, view._settled = tx, False, []
+        view._rng = random.Random(os.urandom(16))
+        if isinstance(tx, SqliteTransaction):
+            view._cursor = tx.cursor()
+        else:  # a session may change connections between transactions: follow it
+            view.__dict__.pop("_cursor", None)
+        return view
+
+    _cursor = _CurrentCursor()  # an instance attribute instead, on a plain sqlite3 connection
+
     @property
     def connection(self) -> sqlite3.Connection:
-        return self._tx.connection
+        """The sqlite3 connection this outbox (or view) uses for its current transaction."""
+        return self._cursor.connection
+
+    @property
+    def handle(self) -> object:
+        """What this outbox's transactions run on: its connection, or the handle it is bound to."""
+        return self._tx.user_handle
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite"
+
+    def cursor(self) -> sqlite3.Cursor:
+        """The DB-API cursor of this outbox's transaction (as `Transaction.cursor`)."""
+        return self._cursor
 
     @property
     def synchronous(self) -> str:
@@ -126,34 +183,34 @@ class SqliteOutbox:
 
     @property
     def in_transaction(self) -> bool:
-        return self._connection.in_transaction
+        return self._tx.in_transaction
 
     def begin(self) -> None:
-        """Start a write transaction (BEGIN IMMEDIATE)."""
-        self._cursor.execute("BEGIN IMMEDIATE")
+        """Start a write transaction (BEGIN IMMEDIATE on the outbox's own connection)."""
+        self._tx.begin()
 
     def commit(self) -> None:
         """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
         if self._held:
             self._settle_held()
-        self._cursor.execute("COMMIT")
+        self._tx.commit()
         self._settled.clear()
 
     def _settle_held(self) -> None:
         """Delete the rows of held batches in the current transaction (kept for a rollback)."""
-        for batch in self._held:
+        held = self._held.take()
+        self._settled += held
+        for batch in held:
             if batch.in_rows:  # the common case, a unit of work's batch: one statement
                 params = (batch.ids[0], batch.ids[-1], batch.claim)
                 self._cursor.execute(sql.DELETE_OWN_RANGE, params)
             else:
                 self.settle(batch, delivered=batch.ids)
-        self._settled += self._held
-        self._held.clear()
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any (held batches stay held)."""
         self._tx.rollback()
-        self._held[:0] = self._settled
+        self._held.restore(self._settled)
         self._settled.clear()
 
     def flush(self) -> None:
@@ -188,6 +245,7 @@ class SqliteOutbox:
         The claim is written into the rows (no other table is touched), as a random number
         for this batch and the time.
         """
+        check_payloads(payloads)
         cursor = self._cursor
         claim = self._rng.getrandbits(63) if claimed else None
         now = time.time() if claimed else None
@@ -263,12 +321,7 @@ class SqliteOutbox:
         cursor = self._cursor
         if cursor.execute(sql.DELETE_CLAIM, (batch.claim,)).rowcount == 0:
             return []
-        dead = list(dead)
-        for row_id, error in failed:
-            row = cursor.execute(sql.COUNT_FAILURE, (error, row_id)).fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
-        self._dead_letter(dead)
+        dead = self._count_failures(sql.COUNT_FAILURE, failed, dead, ())
         removed = [*delivered, *(row_id for row_id, _ in dead)]
         first, last = batch.ids[0], batch.ids[-1]
         if len(removed) == len(batch.ids) == last - first + 1 and not failed:
@@ -293,16 +346,29 @@ class SqliteOutbox:
         if not failed and not dead and len(delivered) == len(batch.ids):
             cursor.execute(sql.DELETE_OWN_RANGE, (first, last, claim))
             return []
-        dead = list(dead)
-        for row_id, error in failed:
-            row = cursor.execute(sql.COUNT_OWN_FAILURE, (error, row_id, claim)).fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
-        self._dead_letter(dead)
+        dead = self._count_failures(sql.COUNT_OWN_FAILURE, failed, dead, (claim,))
         removed = [*delivered, *(row_id for row_id, _ in dead)]
         cursor.executemany(sql.DELETE_OWN, [(row_id, claim) for row_id in removed])
         cursor.execute(sql.RELEASE_OWN_RANGE, (first, last, claim))
         return [row_id for row_id, _ in dead]
+
+    def _count_failures(
+        self,
+        statement: str,
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+        extra: tuple[object, ...],
+    ) -> list[tuple[int, str]]:
+        """Count an attempt for each failed row; dead-letter those at `max_attempts`, and the
+        `dead` ones. Returns every (row id, error) dead-lettered (the caller deletes them)."""
+        cursor = self._cursor
+        dead = list(dead)
+        for row_id, error in failed:
+            row = cursor.execute(statement, (error, row_id, *extra)).fetchone()
+            if row is not None and row[0] >= self.max_attempts:
+                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        self._dead_letter(dead)
+        return dead
 
     def _dead_letter(self, dead: Sequence[tuple[int, str]]) -> None:
         """Copy rows into the dead-letter table (the caller deletes them), and log each."""
@@ -312,8 +378,8 @@ class SqliteOutbox:
             logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
 
     def hold(self, batch: Batch) -> None:
-        """Mark `batch` delivered with the next commit on this outbox."""
-        self._held.append(batch)
+        """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
+        self._held.add(batch)
 
     # -- relaying --------------------------------------------------------------------------
 
@@ -340,6 +406,37 @@ class SqliteOutbox:
             self, dispatcher, batch_size=batch_size, take_over=take_over, concurrent=concurrent
         )
 
+    def wait(self, timeout: float) -> bool:
+        """Block until another connection has committed to the database since this outbox last
+        looked, or `timeout` seconds pass; True on a commit. SQLite has no notifications: this
+        polls `PRAGMA data_version` every 10 ms."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        connection = self._own_connection
+        deadline = time.monotonic() + timeout
+        while True:
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._data_version = version
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.01))
+
+    def serve(
+        self,
+        dispatcher: BatchDispatcher,
+        batch_size: int = 1000,
+        *,
+        poll_interval: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> RelayResult:
+        """Relay whenever rows may be free, until `stop` is set (see `domainbus.outbox.serve`)."""
+        return serve(
+            self, dispatcher, batch_size=batch_size, poll_interval=poll_interval, stop=stop
+        )
+
     # -- idempotency -----------------------------------------------------------------------
 
     def run_once(self, key: str, event_id: uuid.UUID, call: Callable[[], object]) -> bool:
@@ -350,25 +447,45 @@ class SqliteOutbox:
         """
         if not isinstance(event_id, uuid.UUID):
             raise TypeError(f"event_id must be a uuid.UUID, not {type(event_id).__qualname__}")
-        cursor = self._cursor
         nested = self.in_transaction
-        cursor.execute("SAVEPOINT domainbus_once" if nested else "BEGIN IMMEDIATE")
+        if nested:
+            self._cursor.execute("SAVEPOINT domainbus_once")
+        else:
+            self._tx.begin()
         try:
+            cursor = self._cursor
             cursor.execute(sql.MARK_PROCESSED, (key, event_id.bytes, time.time()))
             first_time = cursor.rowcount == 1
             if first_time:
                 call()
         except BaseException:
-            if self.in_transaction:
-                if nested:
-                    cursor.execute("ROLLBACK TO domainbus_once")
-                    cursor.execute("RELEASE domainbus_once")
-                else:
-                    cursor.execute("ROLLBACK")
+            if nested:
+                if self.connection.in_transaction:
+                    self._cursor.execute("ROLLBACK TO domainbus_once")
+                    self._cursor.execute("RELEASE domainbus_once")
+            else:
+                self._tx.rollback()
             raise
-        if self.in_transaction:  # unless `call` ended the transaction itself
-            cursor.execute("RELEASE domainbus_once" if nested else "COMMIT")
+        if nested:
+            if self.connection.in_transaction:  # unless `call` ended the transaction itself
+                self._cursor.execute("RELEASE domainbus_once")
+        elif self.in_transaction:
+            self._tx.commit()
         return first_time
+
+    def prune_processed(self, older_than: float) -> int:
+        """Forget the idempotency records of events handled more than `older_than` seconds ago;
+        returns how many went. Keep them longer than an event can take to be redelivered (the
+        lease, plus however long a relay may be down), or a late redelivery runs again."""
+        cutoff = time.time() - check_age(older_than)
+        self.begin()
+        try:
+            removed = int(self._cursor.execute(sql.PRUNE_PROCESSED, (cutoff,)).rowcount)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return removed
 
     # -- inspection and repair -------------------------------------------------------------
 
@@ -394,3 +511,9 @@ class SqliteOutbox:
             self.rollback()
             raise
         return moved
+
+
+if TYPE_CHECKING:
+
+    def _follows_the_protocol(outbox: SqliteOutbox) -> Outbox:
+        return outbox  # mypy checks that SqliteOutbox has the whole `Outbox` API

@@ -1,21 +1,30 @@
 """The interfaces of the outbox: what a store must do, and the records it hands back.
 
-`OutboxStore` is what `UnitOfWork` and `relay` need from a store; `SqliteOutbox` is the
-embedded one and a Postgres store can plug in later. `IdempotencyStore` is what `idempotent`
-needs. Both are plain Protocols: nothing checks them at run time, per event or otherwise.
+`OutboxStore` is what `UnitOfWork` and `relay` need from a store, `IdempotencyStore` what
+`idempotent` needs, and `Outbox` the whole public API both stores offer (`SqliteOutbox`, the
+embedded one, and `PostgresOutbox`). They are plain Protocols: nothing checks them at run time,
+per event or otherwise. The argument checks both stores share live here too.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from domainbus.errors import DomainbusError
 
-__all__ = ["Batch", "DeadLetter", "IdempotencyStore", "OutboxError", "OutboxStore", "RelayResult"]
+__all__ = [
+    "Batch",
+    "DeadLetter",
+    "IdempotencyStore",
+    "Outbox",
+    "OutboxError",
+    "OutboxStore",
+    "RelayResult",
+]
 
 
 class OutboxError(DomainbusError):
@@ -69,7 +78,7 @@ class OutboxStore(Protocol):
     """
 
     @property
-    def connection(self) -> sqlite3.Connection: ...
+    def connection(self) -> Any: ...
     @property
     def in_transaction(self) -> bool: ...
     def begin(self) -> None: ...
@@ -109,3 +118,97 @@ class IdempotencyStore(Protocol):
 
         Returns False when skipped. If `call` raises, nothing is recorded.
         """
+
+
+class Outbox(OutboxStore, IdempotencyStore, Protocol):
+    """The public API of both outbox stores (`SqliteOutbox`, `PostgresOutbox`)."""
+
+    codec: Any
+    lease: float
+    max_attempts: int
+
+    def bind(self, handle: object) -> Outbox:
+        """This outbox seen through another handle's transactions (e.g. a SQLAlchemy Session)."""
+
+    def relay(
+        self, dispatcher: Any, batch_size: int = 1000, *, take_over: bool = False
+    ) -> RelayResult: ...
+    def relay_async(
+        self,
+        dispatcher: Any,
+        batch_size: int = 1000,
+        *,
+        take_over: bool = False,
+        concurrent: bool = False,
+    ) -> Coroutine[Any, Any, RelayResult]: ...
+    def pending(self) -> int: ...
+    def dead_letters(self) -> list[DeadLetter]: ...
+    def requeue(self, dead_letter_ids: Sequence[int]) -> int: ...
+    def prune_processed(self, older_than: float) -> int: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class HeldBatches:
+    """Delivered batches whose rows the next commit deletes, shared by an outbox and its views
+    (which may live on other threads: a lock guards the list)."""
+
+    __slots__ = ("_batches", "_lock")
+
+    def __init__(self) -> None:
+        self._batches: list[Batch] = []
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._batches)
+
+    def add(self, batch: Batch) -> None:
+        with self._lock:
+            self._batches.append(batch)
+
+    def take(self) -> list[Batch]:
+        """Every held batch, now no longer held."""
+        with self._lock:
+            batches, self._batches = self._batches, []
+        return batches
+
+    def restore(self, batches: Iterable[Batch]) -> None:
+        """Hold again batches whose deletion was rolled back."""
+        batches = list(batches)
+        if batches:
+            with self._lock:
+                self._batches[:0] = batches
+
+
+def check_codec(codec: object) -> None:
+    if not (callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))):
+        raise TypeError(f"codec must be an EventCodec, not {type(codec).__qualname__}")
+
+
+def check_settings(lease: object, max_attempts: object) -> None:
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease >= 0:
+        raise ValueError(f"lease must be a number of seconds >= 0, not {lease!r}")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"max_attempts must be an int >= 1, not {max_attempts!r}")
+
+
+def check_age(seconds: object) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise ValueError(f"older_than must be a number of seconds >= 0, not {seconds!r}")
+    return float(seconds)
+
+
+def check_payloads(payloads: object) -> None:
+    """`append` takes a list (or tuple) of encoded events: bytes each, never one str or bytes."""
+    if not isinstance(payloads, list | tuple):
+        what = type(payloads).__qualname__
+        raise TypeError(
+            f"append() needs a list of encoded events (bytes), not a {what}"
+            + ("; wrap a single payload in a list" if isinstance(payloads, bytes | str) else "")
+        )
+    for payload in payloads:
+        if type(payload) is not bytes:
+            raise TypeError(
+                "append() needs encoded events (bytes, from outbox.encode(event)), not "
+                + type(payload).__qualname__
+            )

@@ -1,0 +1,129 @@
+"""The outbox's tables and statements in PostgreSQL (psycopg's `%s` parameters).
+
+- `domainbus_outbox`: one row per undelivered event. Every claim is written into its rows
+  (`claim`, a random number per batch; `owner`, the outbox that claimed it; `claimed_at`), since
+  a relay commits its claim before dispatching and the row locks of `FOR UPDATE SKIP LOCKED`
+  end with that commit. A claimed row is free again when its claim is older than the lease or
+  when its owner's session is gone: each outbox holds a session-level advisory lock keyed by
+  its owner number, so a killed process frees its rows at once.
+- `domainbus_dead_letters`, `domainbus_processed`: as in SQLite (`domainbus.outbox.schema`).
+
+Times are the server's, in seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["SYNCHRONOUS_COMMIT_LEVELS", "SynchronousCommit"]
+
+SynchronousCommit = Literal["on", "off", "local", "remote_write", "remote_apply"]
+SYNCHRONOUS_COMMIT_LEVELS: tuple[str, ...] = get_args(SynchronousCommit)
+
+CHANNEL = "domainbus_outbox"  # NOTIFY channel: rows became free
+SCHEMA_LOCK = 0x646F6D61696E  # pg_advisory_xact_lock key serialising CREATE TABLE
+NOW = "extract(epoch from clock_timestamp())"
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS domainbus_outbox (
+        id bigserial PRIMARY KEY,
+        payload bytea NOT NULL,
+        claim bigint,
+        owner bigint,
+        claimed_at double precision,
+        attempts integer NOT NULL DEFAULT 0,
+        last_error text
+    )""",
+    """CREATE TABLE IF NOT EXISTS domainbus_dead_letters (
+        id bigserial PRIMARY KEY,
+        outbox_id bigint NOT NULL,
+        payload bytea NOT NULL,
+        attempts integer NOT NULL,
+        error text NOT NULL,
+        failed_at double precision NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS domainbus_processed (
+        handler text NOT NULL,
+        event_id uuid NOT NULL,
+        processed_at double precision NOT NULL,
+        PRIMARY KEY (handler, event_id)
+    )""",
+)
+TABLE_NAMES = ("domainbus_outbox", "domainbus_dead_letters", "domainbus_processed")
+TABLES_EXIST = (
+    "SELECT count(to_regclass(name)) FROM unnest(%s::text[]) AS name"  # NULL when missing
+)
+
+INSERT_ONE = (
+    "INSERT INTO domainbus_outbox (payload, claim, owner, claimed_at) "
+    f"VALUES (%s, %s, %s, CASE WHEN %s THEN {NOW} END) RETURNING id"
+)
+INSERT_MANY = (
+    "INSERT INTO domainbus_outbox (payload, claim, owner, claimed_at) "
+    f"SELECT payload, %s, %s, CASE WHEN %s THEN {NOW} END FROM unnest(%s::bytea[]) AS payload "
+    "RETURNING id"
+)
+# The deferred delete of delivered batches, riding along with the next append (one round trip).
+_DELETE_HELD = (
+    "WITH delivered AS (DELETE FROM domainbus_outbox "
+    "WHERE id = ANY(%s::bigint[]) AND claim = ANY(%s::bigint[])) "
+)
+INSERT_ONE_DELETING = _DELETE_HELD + INSERT_ONE
+INSERT_MANY_DELETING = _DELETE_HELD + INSERT_MANY
+# Owners whose session still holds its advisory lock (a bigint key: classid high, objid low).
+_LIVE_OWNERS = (
+    "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+    "WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+_CLAIM = (
+    "WITH picked AS (SELECT id FROM domainbus_outbox WHERE {free} "
+    "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+    f"UPDATE domainbus_outbox o SET claim = %(claim)s, owner = %(owner)s, claimed_at = {NOW} "
+    "FROM picked WHERE o.id = picked.id RETURNING o.id, o.payload, o.attempts"
+)
+CLAIM = _CLAIM.format(
+    free=f"claim IS NULL OR claimed_at < {NOW} - %(lease)s OR owner NOT IN ({_LIVE_OWNERS})"
+)
+# take_over: every row not locked by a claim being made right now (as SQLite's take_over)
+CLAIM_TAKING_OVER = _CLAIM.format(free="true")
+SERVER_NOW = f"SELECT {NOW}"
+# A transaction that has written nothing yet (no transaction id) and is about to claim: its
+# commit need not wait for the WAL flush, since losing a claim in a server crash only frees
+# its rows again.
+CLAIM_ONLY_ASYNC_COMMIT = (
+    "SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL "
+    "THEN set_config('synchronous_commit', 'off', true) END"
+)
+DELETE_OWN = "DELETE FROM domainbus_outbox WHERE id = ANY(%s::bigint[]) AND claim = %s"
+DELETE_OWN_ONE = "DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s"
+RELEASE_OWN = (
+    "UPDATE domainbus_outbox SET claim = NULL, owner = NULL, claimed_at = NULL "
+    "WHERE id = ANY(%s::bigint[]) AND claim = %s"
+)
+COUNT_OWN_FAILURE = (
+    "UPDATE domainbus_outbox SET attempts = attempts + 1, last_error = %s "
+    "WHERE id = %s AND claim = %s RETURNING attempts"
+)
+DEAD_LETTER_OWN = (
+    "INSERT INTO domainbus_dead_letters (outbox_id, payload, attempts, error, failed_at) "
+    f"SELECT id, payload, attempts, %s, {NOW} FROM domainbus_outbox WHERE id = %s AND claim = %s"
+)
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+LISTEN = f"LISTEN {CHANNEL}"
+MARK_PROCESSED = f"INSERT INTO domainbus_processed VALUES (%s, %s, {NOW}) ON CONFLICT DO NOTHING"
+PRUNE_PROCESSED = f"DELETE FROM domainbus_processed WHERE processed_at < {NOW} - %s"
+COUNT_PENDING = "SELECT count(*) FROM domainbus_outbox"
+COUNT_FREE = "SELECT count(*) FROM domainbus_outbox WHERE claim IS NULL"
+LIST_DEAD_LETTERS = (
+    "SELECT id, outbox_id, payload, attempts, error, failed_at FROM domainbus_dead_letters "
+    "ORDER BY id"
+)
+REQUEUE = (
+    "INSERT INTO domainbus_outbox (payload) "
+    "SELECT payload FROM domainbus_dead_letters WHERE id = %s"
+)
+DELETE_DEAD_LETTER = "DELETE FROM domainbus_dead_letters WHERE id = %s"
+ADVISORY_LOCK = "SELECT pg_advisory_lock(%s)"
+SET_SYNCHRONOUS_COMMIT = "SELECT set_config('synchronous_commit', %s, false)"
+SHOW_SYNCHRONOUS_COMMIT = "SHOW synchronous_commit"
