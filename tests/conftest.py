@@ -32,3 +32,16 @@ from servers import (  # noqa: E402, F401
     redis_server,
     start_redis,
 )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` stress tests run in CI (CI=true) or when asked for (`-m slow`); elsewhere the
+    default run stays a few minutes and says what it skipped."""
+    import os
+
+    if os.environ.get("CI", "").lower() == "true" or config.option.markexpr:
+        return
+    skip = pytest.mark.skip(reason="slow stress test: runs under CI=true or with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
