@@ -125,8 +125,10 @@ class Dependencies:
         3. else its default, if it has one;
         4. else it is an error now, at registration, naming the handler and the parameter.
         """
-        if not self.by_name and not self.by_type and (
-            _needs_nothing(handler) or type(handler) is not FunctionType
+        if (
+            not self.by_name
+            and not self.by_type
+            and (_needs_nothing(handler) or type(handler) is not FunctionType)
         ):
             # the common case, decided without inspect.signature; a callable object is not
             # inspected while nothing is provided (its `__eq__`/`__getattr__` would run here)
