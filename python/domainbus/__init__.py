@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Literal
 
-from domainbus import pure as pure
-from domainbus.aggregate import AggregateRoot
 from domainbus.errors import (
     BackendError,
     ConcurrencyError,
@@ -23,8 +21,12 @@ from domainbus.errors import (
     UnknownCommand,
 )
 from domainbus.events import DomainEvent
-from domainbus.outbox import idempotent
-from domainbus.uow import AsyncUnitOfWork, UnitOfWork
+
+if TYPE_CHECKING:
+    from domainbus import pure as pure
+    from domainbus.aggregate import AggregateRoot
+    from domainbus.outbox import idempotent
+    from domainbus.uow import AsyncUnitOfWork, UnitOfWork
 
 __all__ = [
     "BACKEND",
@@ -74,17 +76,36 @@ def _choose_backend() -> Literal["rust", "pure"]:
 backend_error: BackendError | None = None
 """Why `DOMAINBUS_BACKEND` named no usable backend (then `Dispatcher` & co. raise it)."""
 
+# Imported when first used (PEP 562), so `import domainbus` stays cheap: the unit of work and
+# the outbox bring sqlite3 and the codec, which a program that only dispatches never needs.
+_LAZY = {
+    "AggregateRoot": "domainbus.aggregate",
+    "AsyncUnitOfWork": "domainbus.uow",
+    "UnitOfWork": "domainbus.uow",
+    "idempotent": "domainbus.outbox",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "pure":
+        import importlib
+
+        return importlib.import_module("domainbus.pure")
+    if backend_error is not None and name in ("BACKEND", "BatchQueue", "Dispatcher"):
+        raise backend_error
+    raise AttributeError(f"module 'domainbus' has no attribute {name!r}")
+
+
 try:
     BACKEND: Literal["rust", "pure"] = _choose_backend()
 except BackendError as _error:
     backend_error = _error
-    if not TYPE_CHECKING:
-
-        def __getattr__(name: str) -> object:
-            if name in ("BACKEND", "BatchQueue", "Dispatcher"):
-                raise backend_error
-            raise AttributeError(f"module 'domainbus' has no attribute {name!r}")
-
 else:
     if BACKEND == "rust":
         from domainbus.rust import BatchQueue, Dispatcher

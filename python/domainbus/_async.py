@@ -27,14 +27,16 @@ someone else already claimed. This module only adds awaiting, so the rules are t
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Iterable
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from domainbus._notes import failure_note, set_batch_index
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["dispatch_async"]
 
@@ -126,6 +128,8 @@ async def _maybe_await(value: object) -> None:
 def _as_awaited(awaitable: Awaitable[object]) -> Awaitable[object]:
     """What a task can run: `awaitable` itself, or a coroutine doing `await awaitable` (so an
     odd awaitable fails in the task as `await` would make it fail, not in ensure_future)."""
+    import asyncio  # already loaded: this runs inside an event loop
+
     if inspect.iscoroutine(awaitable) or asyncio.isfuture(awaitable):
         return awaitable
     return _await(awaitable)
@@ -137,6 +141,8 @@ async def _await(awaitable: Awaitable[object]) -> object:
 
 def _discard(awaitable: Awaitable[object]) -> None:
     """Drop an awaitable that will never be awaited, without a "never awaited" warning."""
+    import asyncio  # already loaded: this runs inside an event loop
+
     if inspect.iscoroutine(awaitable):
         awaitable.close()
     elif isinstance(awaitable, asyncio.Future):
@@ -179,6 +185,8 @@ class _Run:
     async def _concurrently(
         self, event: object, event_type: type, index: int | None, plan: tuple[Any, ...]
     ) -> None:
+        import asyncio  # already loaded: this runs inside an event loop
+
         pending: list[tuple[Any, Awaitable[object]]] = []
         try:
             for registration in plan:
@@ -220,6 +228,8 @@ class _Run:
         event_type: type,
         index: int | None,
     ) -> None:
+        import asyncio  # already loaded: this runs inside an event loop
+
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except BaseException:  # we were cancelled: take the handlers' tasks down with us
