@@ -112,28 +112,49 @@ _Registry = dict[int, tuple[_Registration, ...]]
 class _State:
     """An immutable registry snapshot plus the resolution cache that belongs to it.
 
-    Both are keyed by the class's identity; a cache entry holds its class.
+    Both are keyed by the class's identity. A cache entry is `(class, registrations, direct)`:
+    it holds its class, so while the entry lives no other class can have that id (no identity
+    check is needed on lookup). `direct` is the fast path of `dispatch`: the handlers as a
+    tuple of plain callables when none of the registrations is `once` or `weak` (nothing to
+    claim or dereference per call), else None; `()` when there are none.
     """
 
     __slots__ = ("cache", "registry")
 
     def __init__(self, registry: _Registry) -> None:
         self.registry = registry
-        self.cache: dict[int, tuple[type, tuple[_Registration, ...]]] = {}
+        self.cache: dict[int, _Entry] = {}
 
     def resolve(self, event_type: type) -> tuple[_Registration, ...]:
         """Registrations for `event_type` along its MRO, highest priority first, then oldest."""
         entry = self.cache.get(id(event_type))
-        if entry is not None and entry[0] is event_type:
-            return entry[1]
+        return (entry if entry is not None else self.entry(event_type))[1]
+
+    def entry(self, event_type: type) -> _Entry:
+        """Resolve `event_type` and cache the result (rules 1-3)."""
         registry = self.registry
         found = [r for klass in _mro_of(event_type) for r in registry.get(id(klass), ())]
         found.sort(key=lambda r: (-r.priority, r.seq))
         regs = tuple(found)
+        plain = not any(r.once or r.weak for r in regs)
+        entry = (event_type, regs, tuple(r.target for r in regs) if plain else None)
         if len(self.cache) >= _CACHE_LIMIT:
             self.cache = {}
-        self.cache[id(event_type)] = (event_type, regs)
-        return regs
+        self.cache[id(event_type)] = entry
+        return entry
+
+
+# (class, its registrations in call order, their plain handlers or None: see _State)
+_Entry = tuple[type, tuple[_Registration, ...], tuple[Callable[..., Any], ...] | None]
+
+
+def _refuse_coroutine(handler: Callable[..., Any], result: CoroutineType[Any, Any, Any]) -> None:
+    """Rule 9: a coroutine returned to sync dispatch is closed and is its handler's error."""
+    result.close()
+    raise TypeError(
+        f"handler {describe_handler(handler)} returned a coroutine: "
+        "async handlers need dispatch_async()"
+    )
 
 
 def _check_options(priority: object, once: object, weak: object) -> None:
@@ -192,6 +213,7 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         self._raise = isinstance(on_error, str) and on_error == "raise"
         self._on_unhandled = on_unhandled
         self._nested = nested
+        self._queueing = nested == "queue"
         self._lock = threading.RLock()  # re-entrant: a weakref callback may fire while held
         self._next_seq = 0
         self._state = _State({})
@@ -347,7 +369,32 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
 
     def dispatch(self, event: object) -> int:
         """Call every handler of `event`; returns the number of handler calls made."""
-        return self._run((event,), batch=False)
+        if self._queueing:
+            return self._run_queued((event,), batch=False)
+        # The fast path (rules 1-4): the cached plain handlers of the event's class, read from
+        # the snapshot current now. Anything else (no handler, once/weak) goes the general way.
+        entry = self._state.cache.get(id(type(event)))
+        handlers = entry[2] if entry is not None else None
+        if not handlers:
+            failures: list[Exception] | None = [] if self._collect else None
+            calls = self._dispatch_one(event, None, failures)
+            if failures:
+                raise _group(failures)
+            return calls
+        failures = None
+        for handler in handlers:
+            try:
+                result = handler(event)
+                if result is not None and type(result) is CoroutineType:
+                    _refuse_coroutine(handler, result)
+            except Exception as exc:
+                exc.add_note(failure_note(handler, type(event), None))
+                if self._raise:
+                    raise
+                failures = self._absorb(exc, event, handler, failures)
+        if failures:
+            raise _group(failures)
+        return len(handlers)
 
     def dispatch_batch(self, events: Iterable[object]) -> int:
         """Dispatch each event of an iterable in order; returns the total handler calls."""
@@ -357,7 +404,37 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             raise TypeError(
                 f"dispatch_batch() needs an iterable of events, not {type(events).__qualname__}"
             ) from None
-        return self._run(iterator, batch=True)
+        if self._queueing:
+            return self._run_queued(iterator, batch=True)
+        raising = self._raise
+        failures: list[Exception] | None = [] if self._collect else None
+        calls = 0
+        for index, event in enumerate(iterator):
+            try:
+                # the same fast path as `dispatch`; `self._state` is read per event (rule 4)
+                entry = self._state.cache.get(id(type(event)))
+                handlers = entry[2] if entry is not None else None
+                if not handlers:
+                    calls += self._dispatch_one(event, index, failures)
+                    continue
+                for handler in handlers:
+                    try:
+                        result = handler(event)
+                        if result is not None and type(result) is CoroutineType:
+                            _refuse_coroutine(handler, result)
+                    except Exception as exc:
+                        exc.add_note(failure_note(handler, type(event), index))
+                        set_batch_index(exc, index)
+                        if raising:
+                            raise
+                        failures = self._absorb(exc, event, handler, failures)
+                calls += len(handlers)
+            except BaseException as exc:  # rule 8: whatever escapes event i carries i
+                set_batch_index(exc, index)
+                raise
+        if failures:
+            raise _group(failures)
+        return calls
 
     def dispatch_async(
         self, event: object, *, concurrent: bool = False
@@ -371,50 +448,44 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         """Awaitable `dispatch_batch`; `concurrent=True` runs one event's handlers together."""
         return dispatch_async(self, events, batch=True, concurrent=concurrent)
 
-    def _run(self, events: Iterable[object], *, batch: bool) -> int:
+    def _run_queued(self, events: Iterable[object], *, batch: bool) -> int:
+        """Rule 5, "queue" mode: an outermost call drains the per-thread FIFO after each event;
+        a call from a handler appends to it and returns 0."""
         fifo: deque[object] | None = getattr(self._local, "fifo", None)
-        if fifo is not None:  # "queue" mode, called from a handler: defer to the outermost call
+        if fifo is not None:  # called from a handler: defer to the outermost call
             fifo.extend(events)
             return 0
         failures: list[Exception] | None = [] if self._collect else None
         calls = 0
-        if self._nested == "immediate":
+        fifo = self._local.fifo = deque()
+        try:
             for index, event in enumerate(events):
                 try:
                     calls += self._dispatch_one(event, index if batch else None, failures)
+                    while fifo:  # the events it queued belong to it (rule 8: batch_index)
+                        known = len(failures) if failures is not None else 0
+                        calls += self._dispatch_one(fifo.popleft(), None, failures)
+                        if batch and failures is not None:
+                            for failure in failures[known:]:
+                                set_batch_index(failure, index)
                 except BaseException as exc:
                     if batch:
                         set_batch_index(exc, index)
                     raise
-        else:
-            fifo = self._local.fifo = deque()
-            try:
-                for index, event in enumerate(events):
-                    try:
-                        calls += self._dispatch_one(event, index if batch else None, failures)
-                        while fifo:  # the events it queued belong to it (rule 8: batch_index)
-                            known = len(failures) if failures is not None else 0
-                            calls += self._dispatch_one(fifo.popleft(), None, failures)
-                            if batch and failures is not None:
-                                for failure in failures[known:]:
-                                    set_batch_index(failure, index)
-                    except BaseException as exc:
-                        if batch:
-                            set_batch_index(exc, index)
-                        raise
-            except BaseException as exc:
-                if fifo:
-                    exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
-                raise
-            finally:
-                self._local.fifo = None
+        except BaseException as exc:
+            if fifo:
+                exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+            raise
+        finally:
+            self._local.fifo = None
         if failures:
-            raise ExceptionGroup(f"domainbus: {len(failures)} handler(s) failed", failures)
+            raise _group(failures)
         return calls
 
     def _dispatch_one(
         self, event: object, index: int | None, failures: list[Exception] | None
     ) -> int:
+        """The general path for one event: every registration claimed or dereferenced."""
         event_type = type(event)
         regs = self._plan(event_type)
         if not regs:
@@ -429,20 +500,34 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             calls += 1
             try:
                 result = handler(event)
-                if result is not None and isinstance(result, CoroutineType):
-                    result.close()
-                    raise TypeError(
-                        f"handler {describe_handler(handler)} returned a coroutine: "
-                        "async handlers need dispatch_async()"
-                    )
+                if result is not None and type(result) is CoroutineType:
+                    _refuse_coroutine(handler, result)
             except Exception as exc:
                 exc.add_note(failure_note(handler, event_type, index))
                 if index is not None:
                     set_batch_index(exc, index)
-                if failures is not None:
-                    failures.append(exc)
-                elif self._raise:
+                if self._raise:
                     raise
-                else:
-                    self._on_error(exc, event, handler)  # type: ignore[operator]
+                failures = self._absorb(exc, event, handler, failures)
         return calls
+
+    def _absorb(
+        self,
+        exc: Exception,
+        event: object,
+        handler: Callable[..., Any],
+        failures: list[Exception] | None,
+    ) -> list[Exception] | None:
+        """Rule 8 for "collect" and a callback (called while `exc` is being handled): keep it
+        in `failures` (made on the first one) or pass it to `on_error`; returns `failures`."""
+        if self._collect:
+            if failures is None:
+                failures = []
+            failures.append(exc)
+        else:
+            self._on_error(exc, event, handler)  # type: ignore[operator]
+        return failures
+
+
+def _group(failures: list[Exception]) -> ExceptionGroup[Exception]:
+    return ExceptionGroup(f"domainbus: {len(failures)} handler(s) failed", failures)
