@@ -1,5 +1,8 @@
 """Event ids and timestamps: the Rust versions when the extension loads, Python twins otherwise.
 
+`DOMAINBUS_BACKEND=pure` means pure here too: the Python twins are used even when the extension
+would import (the same rules; the Rust backend is never loaded by this module then).
+
 `new_event_id()` returns a UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then a 12-bit counter
 that keeps ids from one process strictly increasing within a millisecond, then 62 random bits.
 `utc_now()` returns the current time as a timezone-aware UTC datetime.
@@ -47,10 +50,19 @@ def py_utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-try:
-    from domainbus._core import _after_fork, new_event_id, utc_now
-except ImportError:  # the extension is not built: fall back to the Python twins
+def _pure_wanted() -> bool:
+    """`DOMAINBUS_BACKEND` names the pure backend (read as `domainbus` reads it)."""
+    return os.environ.get("DOMAINBUS_BACKEND", "").strip().lower() == "pure"
+
+
+if _pure_wanted():
     new_event_id = py_new_event_id
     utc_now = py_utc_now
 else:
-    os.register_at_fork(after_in_child=_after_fork)
+    try:
+        from domainbus._core import _after_fork, new_event_id, utc_now
+    except ImportError:  # the extension is not built: fall back to the Python twins
+        new_event_id = py_new_event_id
+        utc_now = py_utc_now
+    else:
+        os.register_at_fork(after_in_child=_after_fork)
