@@ -321,6 +321,10 @@ class BatchQueue:
         """Dispatch what is queued (at most `max_events`) in the calling thread, in batches;
         returns the handler calls made. A handler's exception propagates (rule 3).
 
+        The return value counts handler calls, not events (as `dispatch_batch` does): an event
+        with three handlers adds 3, one with none adds 0. `max_events` counts events; so does
+        `dispatched_count` (read it before and after for the events this call took).
+
         Raises RuntimeError while the started consumer or another `drain()` is consuming.
         """
         left = _check_max_events(max_events)
