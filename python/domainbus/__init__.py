@@ -23,6 +23,7 @@ from domainbus.errors import (
 from domainbus.events import DomainEvent
 
 if TYPE_CHECKING:
+    __version__: str
     from domainbus import pure as pure
     from domainbus.aggregate import AggregateRoot
     from domainbus.outbox import idempotent
@@ -46,7 +47,32 @@ __all__ = [
     "idempotent",
 ]
 
-__version__ = "0.1.0"
+
+def _read_version() -> str:
+    """The version, written once in Cargo.toml (maturin copies it into the package metadata:
+    `dynamic = ["version"]` in pyproject.toml). A source checkout reads Cargo.toml itself; an
+    installed package reads its metadata. Loaded on first use of `__version__` (PEP 562)."""
+    from pathlib import Path
+
+    cargo = Path(__file__).resolve().parents[2] / "Cargo.toml"
+    if cargo.is_file():
+        import tomllib
+
+        try:
+            with cargo.open("rb") as file:
+                version = tomllib.load(file)["package"]["version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        else:
+            if isinstance(version, str):
+                return version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("domainbus")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 _BACKENDS = ("rust", "pure")
@@ -87,6 +113,9 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        value = globals()["__version__"] = _read_version()
+        return value
     if name in _LAZY:
         import importlib
 
