@@ -57,7 +57,7 @@ from domainbus.transactions import (
 )
 
 if TYPE_CHECKING:
-    from domainbus.outbox.store import Batch, OutboxStore
+    from domainbus.outbox.store import OutboxBatch, OutboxStore
 
 __all__ = [
     "AsyncUnitOfWork",
@@ -119,7 +119,7 @@ class _Round:
 
     __slots__ = ("batch", "events", "payloads", "queued")
 
-    def __init__(self, events: list[Any], batch: Batch | None) -> None:
+    def __init__(self, events: list[Any], batch: OutboxBatch | None) -> None:
         self.events = events
         self.batch = batch
         self.queued: list[Any] = []  # recorded by this round's handlers: the next round
@@ -254,7 +254,7 @@ class _UnitOfWorkBase:
 
     def _commit(self) -> _Round:
         """Collect the events, store them in the outbox (if any), commit: the first round."""
-        batch: Batch | None = None
+        batch: OutboxBatch | None = None
         try:
             events = self._collect()
             if self._outbox is not None and events:

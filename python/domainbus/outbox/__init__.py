@@ -30,10 +30,10 @@ from domainbus.outbox.relay import relay, relay_async
 from domainbus.outbox.schema import SYNCHRONOUS_LEVELS, Synchronous
 from domainbus.outbox.sqlite import SqliteOutbox
 from domainbus.outbox.store import (
-    Batch,
     DeadLetter,
     IdempotencyStore,
     Outbox,
+    OutboxBatch,
     OutboxError,
     OutboxStore,
     RelayResult,
@@ -44,10 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SYNCHRONOUS_LEVELS",
-    "Batch",
     "DeadLetter",
     "IdempotencyStore",
     "Outbox",
+    "OutboxBatch",
     "OutboxError",
     "OutboxStore",
     "PostgresOutbox",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from domainbus.transactions import describe_error
 
 if TYPE_CHECKING:
-    from domainbus.outbox.store import Batch, OutboxStore
+    from domainbus.outbox.store import OutboxBatch, OutboxStore
 
 __all__ = ["Settled", "settle_after_failure"]
 
@@ -37,7 +37,7 @@ class Settled:
 
 def settle_after_failure(
     store: OutboxStore,
-    batch: Batch,
+    batch: OutboxBatch,
     ids: Sequence[int],
     dispatched: int,
     failures: Sequence[tuple[int, BaseException]],

@@ -40,10 +40,10 @@ from domainbus.outbox.relay import relay as relay_batches
 from domainbus.outbox.relay import relay_async as relay_batches_async
 from domainbus.outbox.serve import serve
 from domainbus.outbox.store import (
-    Batch,
     DeadLetter,
     HeldBatches,
     Outbox,
+    OutboxBatch,
     OutboxError,
     RelayResult,
     check_age,
@@ -122,7 +122,7 @@ class PostgresOutbox:
         self.lease = float(lease)
         self.max_attempts = max_attempts
         self._held = HeldBatches()
-        self._settled: list[Batch] = []
+        self._settled: list[OutboxBatch] = []
         self._listening = False
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
@@ -260,7 +260,7 @@ class PostgresOutbox:
 
     # -- writing and claiming --------------------------------------------------------------
 
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> Batch:
+    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> OutboxBatch:
         """Insert encoded events in the current transaction, claimed by this outbox or free
         (then the relays are notified when the transaction commits)."""
         check_payloads(payloads)
@@ -288,9 +288,9 @@ class PostgresOutbox:
             raise
         if not claimed and payloads:
             cursor.execute(sql.NOTIFY)
-        return Batch(claim or 0, ids, [], [], in_rows=True)
+        return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
-    def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
+    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
         """Claim up to `limit` of the oldest free rows, in the current transaction, skipping
         rows other relays are claiming at this moment (SKIP LOCKED).
 
@@ -312,7 +312,7 @@ class PostgresOutbox:
         rows = sorted(cursor.fetchall())
         if not rows:
             return None
-        return Batch(
+        return OutboxBatch(
             claim,
             [row[0] for row in rows],
             [bytes(row[1]) for row in rows],
@@ -322,7 +322,7 @@ class PostgresOutbox:
 
     def settle(
         self,
-        batch: Batch,
+        batch: OutboxBatch,
         *,
         delivered: Sequence[int] = (),
         failed: Sequence[tuple[int, str]] = (),
@@ -357,7 +357,7 @@ class PostgresOutbox:
             cursor.execute(sql.NOTIFY)
         return moved
 
-    def hold(self, batch: Batch) -> None:
+    def hold(self, batch: OutboxBatch) -> None:
         """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
         self._held.add(batch)
 

@@ -43,7 +43,7 @@ from domainbus.outbox.failures import settle_after_failure
 from domainbus.transactions import describe_error
 
 if TYPE_CHECKING:
-    from domainbus.outbox.store import Batch, OutboxStore, RelayResult
+    from domainbus.outbox.store import OutboxBatch, OutboxStore, RelayResult
 
 __all__ = ["AsyncBatchDispatcher", "BatchDispatcher", "relay", "relay_async"]
 
@@ -170,7 +170,7 @@ class _Relay:
         self.claim = functools.partial(store.claim, batch_size, take_over=take_over)
         self.delivered = 0
         self.dead_lettered: list[int] = []
-        self.batch: Batch | None = _in_transaction(store, self.claim)[0]
+        self.batch: OutboxBatch | None = _in_transaction(store, self.claim)[0]
         self.ids: list[int] = []
         self.dead: list[tuple[int, str]] = []
 
@@ -201,7 +201,9 @@ class _Relay:
         return RelayResult(self.delivered, tuple(self.dead_lettered))
 
 
-def _decode(store: OutboxStore, batch: Batch) -> tuple[list[int], list[Any], list[tuple[int, str]]]:
+def _decode(
+    store: OutboxStore, batch: OutboxBatch
+) -> tuple[list[int], list[Any], list[tuple[int, str]]]:
     """(ids, events) of the rows that decode, and (id, error) of those that do not."""
     decode = store.decode
     try:
@@ -236,7 +238,7 @@ def _in_transaction(store: OutboxStore, *steps: Callable[[], Any]) -> list[Any]:
 
 def _settle_failures(
     store: OutboxStore,
-    batch: Batch,
+    batch: OutboxBatch,
     ids: list[int],
     outcome: _Outcome,
     dead: list[tuple[int, str]],

@@ -37,10 +37,10 @@ from domainbus.outbox.relay import relay_async as relay_batches_async
 from domainbus.outbox.schema import Synchronous
 from domainbus.outbox.serve import serve
 from domainbus.outbox.store import (
-    Batch,
     DeadLetter,
     HeldBatches,
     Outbox,
+    OutboxBatch,
     RelayResult,
     check_age,
     check_codec,
@@ -124,7 +124,9 @@ class SqliteOutbox:
         self._cursor = self._tx.cursor()
         self._held = HeldBatches()  # delivered; their rows go with the next commit
         self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
-        self._settled: list[Batch] = []  # held batches whose rows the open transaction deletes
+        self._settled: list[
+            OutboxBatch
+        ] = []  # held batches whose rows the open transaction deletes
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
 
@@ -239,7 +241,7 @@ class SqliteOutbox:
 
     # -- writing and claiming --------------------------------------------------------------
 
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> Batch:
+    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> OutboxBatch:
         """Insert encoded events in the current transaction, claimed by this outbox or free.
 
         The claim is written into the rows (no other table is touched), as a random number
@@ -258,9 +260,9 @@ class SqliteOutbox:
                 values = [value for payload in chunk for value in (payload, claim, now)]
                 ids.extend(row[0] for row in cursor.execute(sql.insert_many(len(chunk)), values))
             ids.sort()  # RETURNING gives no order; ids grow in insertion order
-        return Batch(claim or 0, ids, [], [], in_rows=True)
+        return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
-    def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
+    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
         """Claim up to `limit` of the oldest free rows, in the current transaction.
 
         Claims older than the lease are void; with `take_over`, so is every claim that is not
@@ -287,7 +289,7 @@ class SqliteOutbox:
         taken = [(row[0],) for row in rows if row[3] is not None]
         if taken:
             cursor.executemany(sql.CLEAR_ROW_CLAIM, taken)
-        return Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
+        return OutboxBatch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
 
     def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any]]:
         """The oldest free rows in the first gap between live relay claims that has any."""
@@ -304,7 +306,7 @@ class SqliteOutbox:
 
     def settle(
         self,
-        batch: Batch,
+        batch: OutboxBatch,
         *,
         delivered: Sequence[int] = (),
         failed: Sequence[tuple[int, str]] = (),
@@ -334,7 +336,7 @@ class SqliteOutbox:
 
     def _settle_own_rows(
         self,
-        batch: Batch,
+        batch: OutboxBatch,
         delivered: Sequence[int],
         failed: Sequence[tuple[int, str]],
         dead: Sequence[tuple[int, str]],
@@ -377,7 +379,7 @@ class SqliteOutbox:
             self._cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
             logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
 
-    def hold(self, batch: Batch) -> None:
+    def hold(self, batch: OutboxBatch) -> None:
         """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
         self._held.add(batch)
 

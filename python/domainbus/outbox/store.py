@@ -17,10 +17,10 @@ from typing import Any, Protocol
 from domainbus.errors import DomainbusError
 
 __all__ = [
-    "Batch",
     "DeadLetter",
     "IdempotencyStore",
     "Outbox",
+    "OutboxBatch",
     "OutboxError",
     "OutboxStore",
     "RelayResult",
@@ -32,7 +32,7 @@ class OutboxError(DomainbusError):
 
 
 @dataclass(slots=True)
-class Batch:
+class OutboxBatch:
     """Outbox rows claimed by one relay or one unit of work, in id order.
 
     `claim` identifies the claim in the store (0: the rows are not claimed); `payloads` and
@@ -88,15 +88,15 @@ class OutboxStore(Protocol):
     def rollback(self) -> None: ...
     def encode(self, event: Any) -> bytes: ...
     def decode(self, payload: bytes) -> Any: ...
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> Batch:
+    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> OutboxBatch:
         """Store the payloads in the current transaction, claimed by this store or free."""
 
-    def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
+    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
         """Claim up to `limit` of the oldest unclaimed rows (None when there are none)."""
 
     def settle(
         self,
-        batch: Batch,
+        batch: OutboxBatch,
         *,
         delivered: Sequence[int] = (),
         failed: Sequence[tuple[int, str]] = (),
@@ -106,7 +106,7 @@ class OutboxStore(Protocol):
         `failed` row (dead-lettering it at the last attempt), dead-letter `dead` rows, release
         the rest of the batch. Returns the row ids that went to the dead-letter table."""
 
-    def hold(self, batch: Batch) -> None:
+    def hold(self, batch: OutboxBatch) -> None:
         """The batch was delivered: settle it in the next transaction this store commits."""
 
 
@@ -156,23 +156,23 @@ class HeldBatches:
     __slots__ = ("_batches", "_lock")
 
     def __init__(self) -> None:
-        self._batches: list[Batch] = []
+        self._batches: list[OutboxBatch] = []
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self._batches)
 
-    def add(self, batch: Batch) -> None:
+    def add(self, batch: OutboxBatch) -> None:
         with self._lock:
             self._batches.append(batch)
 
-    def take(self) -> list[Batch]:
+    def take(self) -> list[OutboxBatch]:
         """Every held batch, now no longer held."""
         with self._lock:
             batches, self._batches = self._batches, []
         return batches
 
-    def restore(self, batches: Iterable[Batch]) -> None:
+    def restore(self, batches: Iterable[OutboxBatch]) -> None:
         """Hold again batches whose deletion was rolled back."""
         batches = list(batches)
         if batches:
