@@ -68,6 +68,7 @@ from typing import Any, Literal, TypeVar
 
 from domainbus._async import dispatch_async
 from domainbus._notes import describe_handler, failure_note, set_batch_index
+from domainbus.pure._docs import with_rules
 from domainbus.pure.commands import Commands
 
 __all__ = ["Dispatcher"]
@@ -527,6 +528,9 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         else:
             self._on_error(exc, event, handler)  # type: ignore[operator]
         return failures
+
+
+Dispatcher.__doc__ = with_rules(Dispatcher.__doc__, __doc__)  # help() shows every rule
 
 
 def _group(failures: list[Exception]) -> ExceptionGroup[Exception]:

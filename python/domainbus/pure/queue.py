@@ -54,6 +54,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from domainbus.errors import QueueClosed
+from domainbus.pure._docs import with_rules
 
 __all__ = ["MAX_SIZE", "BatchQueue"]
 
@@ -564,6 +565,9 @@ class BatchQueue:
 
 
 _live: weakref.WeakSet[BatchQueue] = weakref.WeakSet()
+
+BatchQueue.__doc__ = with_rules(BatchQueue.__doc__, __doc__)  # help() shows every rule
+
 _hooks_installed = False
 
 
