@@ -41,11 +41,13 @@ delivered), or rolled back if a handler raises. On a connection in autocommit mo
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
+from domainbus._log import log_failure
 from domainbus.outbox.failures import settle_after_failure
 from domainbus.transactions import (
     AsyncSqlAlchemyTransaction,
@@ -70,6 +72,9 @@ __all__ = [
 ]
 
 A = TypeVar("A", bound="EventSource")
+
+
+_logger = logging.getLogger("domainbus.uow")
 
 
 class EventSource(Protocol):
@@ -346,6 +351,14 @@ class _UnitOfWorkBase:
             )
             return
         where = "moved to the dead-letter table" if settled.dead_lettered else "stays in the outbox"
+        if isinstance(exc, Exception):
+            log_failure(
+                _logger, logging.WARNING,
+                "unit of work committed, but dispatching its events failed: outbox row %d %s; "
+                "%d other event(s) of this round stay in the outbox for relay()",
+                exc, events[index], batch.ids[index], where,
+                len(events) - len(settled.delivered) - 1,
+            )  # fmt: skip
         exc.add_note(
             f"domainbus: the unit of work was committed; outbox row {batch.ids[index]} {where}, "
             f"{len(events) - len(settled.delivered) - 1} other event(s) of this round stay in "

@@ -45,7 +45,9 @@ from typing import Any, Protocol
 import msgspec
 import redis
 
+from domainbus._log import log_failure
 from domainbus.codec import EventCodec
+from domainbus.delivery import batch_index
 from domainbus.errors import DecodeError
 from domainbus.redis.connection import connect, stream_partitions
 from domainbus.redis.dead_letters import dead_letter_fields, frame_of_records
@@ -280,7 +282,10 @@ class RedisWorker:
                 self._recovered.clear()  # entries read before the failure may be pending
                 if self._stopping.is_set():
                     break
-                log.warning("domainbus worker %s: connection lost: %r", self.consumer, exc)
+                log.warning(
+                    "domainbus worker %s: connection lost: %r; reconnecting",
+                    self.consumer, exc, exc_info=exc,
+                )  # fmt: skip
                 self._connect_with_backoff(self._reconnected)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -417,15 +422,14 @@ class RedisWorker:
             try:
                 self.dispatcher.dispatch_batch(events)
             except Exception as exc:
-                log.warning(
-                    "domainbus worker %s: %s entry %s, delivery %d of %d failed: %s",
-                    self.consumer,
-                    self._keys[partition],
-                    entry_id.decode(),
-                    deliveries,
-                    self.max_deliveries,
-                    _describe(exc),
-                )
+                index = batch_index(exc, len(events))
+                log_failure(
+                    log, logging.WARNING,
+                    "domainbus worker %s: %s entry %s, delivery %d of %d failed (retried after "
+                    "%.1f s): %s", exc, None if index is None else events[index],
+                    self.consumer, self._keys[partition], entry_id.decode(), deliveries,
+                    self.max_deliveries, self.retry_delay, _describe(exc),
+                )  # fmt: skip
                 raise _Failed from exc
         self.events += len(events)
         self.entries += 1
@@ -467,7 +471,7 @@ class RedisWorker:
                 record: Any = records[index] if records is not None else self.codec.encode(event)
                 self._dead(
                     partition, entry_id, [record], index, "handler-failed", _describe(exc),
-                    deliveries,
+                    deliveries, exc=exc, event=event,
                 )  # fmt: skip
 
     def _dead(
@@ -481,6 +485,8 @@ class RedisWorker:
         deliveries: int,
         *,
         raw_frame: bytes | None = None,
+        exc: BaseException | None = None,
+        event: object = None,
     ) -> None:
         fields = dead_letter_fields(
             frame=raw_frame if raw_frame is not None else frame_of_records(records),
@@ -497,11 +503,13 @@ class RedisWorker:
         )
         self.client.xadd(self.dead_letter_stream, fields)  # type: ignore[arg-type]
         self.dead_letters += 1
-        log.warning(
-            "domainbus worker %s: %s entry %s (index %d) -> %s: %s: %s",
-            self.consumer, self._keys[partition], entry_id.decode(), index,
-            self.dead_letter_stream, reason, error,
-        )  # fmt: skip
+        message = "domainbus worker %s: %s entry %s (index %d) -> %s: %s: %s"
+        args = (self.consumer, self._keys[partition], entry_id.decode(), index,
+                self.dead_letter_stream, reason, error)  # fmt: skip
+        if exc is None:
+            log.error(message, *args)
+        else:
+            log_failure(log, logging.ERROR, message, exc, event, *args)
 
     def _dead_entry(self, partition: int, entry_id: bytes, fields: Any, deliveries: int) -> None:
         """A malformed entry (not a domainbus frame): dead-letter it and XACK it in one MULTI."""
