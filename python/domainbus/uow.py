@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from domainbus._log import log_failure
+from domainbus._trace import current_traceparent
 from domainbus.outbox.failures import settle_after_failure
 from domainbus.transactions import (
     AsyncSqlAlchemyTransaction,
@@ -264,7 +265,7 @@ class _UnitOfWorkBase:
             events = self._collect()
             if self._outbox is not None and events:
                 payloads = [self._outbox.encode(event) for event in events]
-                batch = self._outbox.append(payloads)
+                batch = self._outbox.append(payloads, traceparent=current_traceparent())
             if self._tx is not None:
                 self._tx.commit()
         except BaseException:
@@ -314,7 +315,7 @@ class _UnitOfWorkBase:
         try:
             outbox.settle(batch, delivered=batch.ids)
             if following is not None:
-                following.batch = outbox.append(round_.payloads)
+                following.batch = outbox.append(round_.payloads, traceparent=current_traceparent())
             tx.commit()
         except BaseException as exc:
             tx.rollback()

@@ -40,6 +40,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from domainbus._log import log_failure
+from domainbus._trace import incoming
 from domainbus.delivery import batch_index, failed_indexes
 from domainbus.outbox.failures import settle_after_failure
 from domainbus.transactions import describe_error
@@ -117,11 +118,14 @@ def relay(
     _check_dispatcher(dispatcher, "dispatch_batch")
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
+        token = run.enter_trace()
         try:
             dispatcher.dispatch_batch(events)
         except BaseException as exc:
+            run.exit_trace(token)
             run.settle(exc)
         else:
+            run.exit_trace(token)
             run.settle(None)
     return run.result()
 
@@ -142,11 +146,14 @@ async def relay_async(
     _check_dispatcher(dispatcher, "dispatch_batch_async")
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
+        token = run.enter_trace()
         try:
             await dispatcher.dispatch_batch_async(events, concurrent=concurrent)
         except BaseException as exc:
+            run.exit_trace(token)
             run.settle(exc)
         else:
+            run.exit_trace(token)
             run.settle(None)
     return run.result()
 
@@ -185,6 +192,19 @@ class _Relay:
             return None
         self.ids, self.events, self.dead = _decode(self.store, self.batch)
         return self.events
+
+    def enter_trace(self) -> Any:
+        """Hand the rows' stored traceparents to the dispatcher (`domainbus.observe`), if any."""
+        batch = self.batch
+        assert batch is not None
+        if not any(batch.traceparents):
+            return None
+        by_id = dict(zip(batch.ids, batch.traceparents, strict=True))
+        return incoming.set([by_id.get(i) for i in self.ids])
+
+    def exit_trace(self, token: Any) -> None:
+        if token is not None:
+            incoming.reset(token)
 
     def settle(self, exc: BaseException | None) -> None:
         """Settle the batch after its dispatch ended (with `exc`, or normally); then re-raise."""

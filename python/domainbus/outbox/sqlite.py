@@ -239,7 +239,9 @@ class SqliteOutbox:
 
     # -- writing and claiming --------------------------------------------------------------
 
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> Batch:
+    def append(
+        self, payloads: Sequence[bytes], *, claimed: bool = True, traceparent: str | None = None
+    ) -> Batch:
         """Insert encoded events in the current transaction, claimed by this outbox or free.
 
         The claim is written into the rows (no other table is touched), as a random number
@@ -258,6 +260,8 @@ class SqliteOutbox:
                 values = [value for payload in chunk for value in (payload, claim, now)]
                 ids.extend(row[0] for row in cursor.execute(sql.insert_many(len(chunk)), values))
             ids.sort()  # RETURNING gives no order; ids grow in insertion order
+        if traceparent is not None:  # tracing on (domainbus.observe): one more statement
+            cursor.executemany(sql.SET_TRACEPARENT, [(traceparent, i) for i in ids])
         return Batch(claim or 0, ids, [], [], in_rows=True)
 
     def claim(self, limit: int, *, take_over: bool = False) -> Batch | None:
@@ -287,9 +291,15 @@ class SqliteOutbox:
         taken = [(row[0],) for row in rows if row[3] is not None]
         if taken:
             cursor.executemany(sql.CLEAR_ROW_CLAIM, taken)
-        return Batch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
+        return Batch(
+            claim,
+            ids,
+            [row[1] for row in rows],
+            [row[2] for row in rows],
+            traceparents=[row[4] for row in rows],
+        )
 
-    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any]]:
+    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any, Any]]:
         """The oldest free rows in the first gap between live relay claims that has any."""
         cursor = self._cursor
         after = 0
