@@ -11,6 +11,8 @@ Spans follow OpenTelemetry's messaging semantic conventions where they fit: kind
 one, else "batch"), `messaging.message.id` = the event id (one event),
 `messaging.batch.message_count` (a batch), `domainbus.outcome` = "ok" / "error", and on failure
 `error.type` (the exception's qualified name), status ERROR and the exception as an event.
+Wrapping a broker publisher (`instrument(RedisPublisher(...))`, the relay's target) gives
+PRODUCER spans "publish <stream>" (`messaging.operation.type` = "publish").
 `per_handler=True` adds a child span per handler call ("handle <type>", `domainbus.handler` =
 `module.qualname`) for the handlers registered through the instrumented object.
 
@@ -103,6 +105,8 @@ class Instrumented:
             raise TypeError(f"instrument() needs a dispatcher, not {type(dispatcher).__qualname__}")
         self.dispatcher = dispatcher
         self.per_handler = per_handler
+        # a broker publisher (RedisPublisher): its spans are PRODUCER "publish" spans
+        self.publishes = callable(getattr(dispatcher, "publish_batch", None))
         self._tracer = trace.get_tracer("domainbus", tracer_provider=tracer_provider)
 
     def __getattr__(self, name: str) -> Any:
@@ -115,9 +119,10 @@ class Instrumented:
 
     @contextmanager
     def _span(self, operation: str, events: Sequence[object] | None, one: object) -> Iterator[Span]:
+        verb = "publish" if self.publishes else "process"
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
-            "messaging.operation.type": "process",
+            "messaging.operation.type": verb,
             "messaging.operation.name": operation,
         }
         if events is None:
@@ -129,12 +134,15 @@ class Instrumented:
             types = {type(e) for e in events}
             destination = _type_name(events[0]) if len(types) == 1 else "batch"
             attributes["messaging.batch.message_count"] = len(events)
+        if self.publishes:
+            attributes["domainbus.event.type"] = destination
+            destination = str(getattr(self.dispatcher, "stream", destination))
         attributes["messaging.destination.name"] = destination
         parent, links = self._incoming()
         with self._tracer.start_as_current_span(
-            f"process {destination}",
+            f"{verb} {destination}",
             context=parent,
-            kind=SpanKind.CONSUMER,
+            kind=SpanKind.PRODUCER if self.publishes else SpanKind.CONSUMER,
             attributes=attributes,
             links=links,
             record_exception=False,

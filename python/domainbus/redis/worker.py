@@ -46,6 +46,7 @@ import msgspec
 import redis
 
 from domainbus._log import log_failure
+from domainbus._trace import incoming
 from domainbus.codec import EventCodec
 from domainbus.delivery import batch_index
 from domainbus.errors import DecodeError
@@ -55,6 +56,7 @@ from domainbus.redis.entries import (
     EVENTS,
     FORMAT,
     FORMAT_VERSION,
+    TRACEPARENT,
     check_name,
     check_positive,
     partition_key,
@@ -416,6 +418,23 @@ class RedisWorker:
             events = self.codec.decode_batch(frame)
         except DecodeError:
             events = self._decode_slowly(partition, entry_id, frame, deliveries)
+        traceparent = fields.get(TRACEPARENT)
+        token = None
+        if traceparent is not None:  # the publisher's trace context (domainbus.observe)
+            token = incoming.set([traceparent.decode(errors="replace")] * len(events))
+        try:
+            self._dispatch(partition, entry_id, frame, events, deliveries)
+        finally:
+            if token is not None:
+                incoming.reset(token)
+        self.events += len(events)
+        self.entries += 1
+        self._acks.setdefault(partition, []).append(entry_id)
+
+    def _dispatch(
+        self, partition: int, entry_id: bytes, frame: bytes, events: list[Any], deliveries: int
+    ) -> None:
+        """Dispatch one entry's events (the last delivery: one by one); _Failed on a failure."""
         if deliveries >= self.max_deliveries:
             self._dispatch_last_time(partition, entry_id, frame, events, deliveries)
         else:
@@ -431,9 +450,6 @@ class RedisWorker:
                     self.max_deliveries, self.retry_delay, _describe(exc),
                 )  # fmt: skip
                 raise _Failed from exc
-        self.events += len(events)
-        self.entries += 1
-        self._acks.setdefault(partition, []).append(entry_id)
 
     def _decode_slowly(
         self, partition: int, entry_id: bytes, frame: bytes, deliveries: int
