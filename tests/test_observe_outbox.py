@@ -158,3 +158,27 @@ def test_an_old_postgres_database_gets_the_column(postgres_dsn: str) -> None:
 def _traceparent(span: Any) -> str:
     ctx = span.get_span_context()
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+
+
+def test_relay_async_restores_the_context_too(
+    db: Db, make_dispatcher: Callable[..., Any], traces: Traces
+) -> None:
+    import asyncio
+
+    seen: list[int] = []
+
+    async def ship(event: Ordered) -> None:
+        seen.append(event.n)
+
+    bus = instrument(make_dispatcher(), traces.provider)
+    bus.register_handler(Ordered, ship)
+    outbox = db.open()
+    with traces.tracer.start_as_current_span("request") as request:
+        outbox.begin()
+        outbox.append([CODEC.encode(Ordered(n=4))], claimed=False,
+                      traceparent=_traceparent(request))  # fmt: skip
+        outbox.commit()
+    assert asyncio.run(db.open().relay_async(bus)).delivered == 1 and seen == [4]
+    (span,) = traces.spans("process Ordered")
+    assert span.attributes["messaging.operation.name"] == "dispatch_batch_async"
+    assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
