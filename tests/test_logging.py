@@ -163,3 +163,46 @@ def test_the_library_never_prints() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert offenders == []
+
+
+def test_redis_worker_logs_a_lost_connection(
+    start_redis: Any, make_dispatcher: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from domainbus.redis import RedisPublisher, RedisWorker
+
+    server = start_redis()
+    r = redis.Redis.from_url(server.url)
+    RedisPublisher(r, REDIS_CODEC, stream="s", partitions=1).publish_batch(
+        [Poison(aggregate_id="k", seq=1)]
+    )
+    r.close()
+    seen: list[Poison] = []
+    dispatcher = make_dispatcher()
+    dispatcher.register_handler(Poison, seen.append)
+    caplog.set_level(logging.WARNING, logger="domainbus")
+    worker = RedisWorker(
+        server.url, dispatcher, codec=REDIS_CODEC, stream="s", group="g", lease_ms=1000,
+        heartbeat_s=0.05, block_ms=50, freeze_gc=False,
+    )  # fmt: skip
+    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.stop()
+
+    def lost() -> list[logging.LogRecord]:
+        return [
+            rec for rec in records(caplog, "domainbus.redis")
+            if "connection lost" in rec.getMessage() or "retrying in" in rec.getMessage()
+        ]  # fmt: skip
+
+    while not lost() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.start()
+    worker.stop()
+    thread.join(30)
+    assert not thread.is_alive() and len(seen) == 1
+    found = lost()
+    assert found, "no record of the lost connection"
+    assert any(rec.exc_info is not None for rec in found if "connection lost" in rec.getMessage())
