@@ -130,3 +130,27 @@ def test_observe_is_not_imported_by_domainbus() -> None:
     code = "import domainbus, sys; print(any(m.startswith('opentelemetry') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_per_handler_wrappers_unregister_and_weak_handlers(
+    make_dispatcher: Callable[..., Any], traces: Traces
+) -> None:
+    class Listener:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_paid(self, event: Paid) -> None:
+            self.seen.append(event.amount)
+
+    def bill(event: Paid) -> None:
+        pass
+
+    bus = instrument(make_dispatcher(), traces.provider, per_handler=True)
+    bus.register_handler(Paid, bill)
+    listener = Listener()
+    bus.register_handler(Paid, listener.on_paid, weak=True)
+    assert bus.dispatch(Paid(amount=1)) == 2 and listener.seen == [1]
+    assert bus.unregister_handler(Paid, bill) is True
+    del listener
+    assert bus.dispatch(Paid(amount=2)) == 0
+    assert len(traces.spans("handle Paid")) == 1  # bill's, once; the weak handler has none

@@ -107,6 +107,7 @@ class Instrumented:
         self.per_handler = per_handler
         # a broker publisher (RedisPublisher): its spans are PRODUCER "publish" spans
         self.publishes = callable(getattr(dispatcher, "publish_batch", None))
+        self._wrappers: dict[tuple[type, Any], Any] = {}  # (type, handler): its span wrapper
         self._tracer = trace.get_tracer("domainbus", tracer_provider=tracer_provider)
 
     def __getattr__(self, name: str) -> Any:
@@ -197,10 +198,23 @@ class Instrumented:
     # -- per-handler spans -----------------------------------------------------------------
 
     def register_handler(self, event_type: type, handler: Any, **options: Any) -> Any:
-        """Register on the dispatcher; with `per_handler`, wrapped in a span per call."""
-        target = self._traced(event_type, handler) if self.per_handler else handler
+        """Register on the dispatcher; with `per_handler`, wrapped in a span per call.
+
+        A `weak=True` handler is registered as is (no per-handler span): a wrapper held only
+        weakly would be dropped at once, and holding it strongly would keep the target alive.
+        """
+        target = handler
+        if self.per_handler and not options.get("weak", False):
+            key = (event_type, handler)
+            target = self._wrappers.get(key) or self._traced(event_type, handler)
+            self._wrappers[key] = target
         self.dispatcher.register_handler(event_type, target, **options)
         return handler
+
+    def unregister_handler(self, event_type: type, handler: Any) -> bool:
+        """Unregister `handler` (or the span wrapper registered for it)."""
+        target = self._wrappers.pop((event_type, handler), handler)
+        return bool(self.dispatcher.unregister_handler(event_type, target))
 
     def handler(self, event_type: type, **options: Any) -> Callable[[Any], Any]:
         def decorator(handler: Any) -> Any:
