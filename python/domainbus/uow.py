@@ -41,11 +41,14 @@ delivered), or rolled back if a handler raises. On a connection in autocommit mo
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
+from domainbus._log import log_failure
+from domainbus._trace import current_traceparent
 from domainbus.outbox.failures import settle_after_failure
 from domainbus.transactions import (
     AsyncSqlAlchemyTransaction,
@@ -70,6 +73,9 @@ __all__ = [
 ]
 
 A = TypeVar("A", bound="EventSource")
+
+
+_logger = logging.getLogger("domainbus.uow")
 
 
 class EventSource(Protocol):
@@ -259,7 +265,7 @@ class _UnitOfWorkBase:
             events = self._collect()
             if self._outbox is not None and events:
                 payloads = [self._outbox.encode(event) for event in events]
-                batch = self._outbox.append(payloads)
+                batch = self._outbox.append(payloads, traceparent=current_traceparent())
             if self._tx is not None:
                 self._tx.commit()
         except BaseException:
@@ -309,7 +315,7 @@ class _UnitOfWorkBase:
         try:
             outbox.settle(batch, delivered=batch.ids)
             if following is not None:
-                following.batch = outbox.append(round_.payloads)
+                following.batch = outbox.append(round_.payloads, traceparent=current_traceparent())
             tx.commit()
         except BaseException as exc:
             tx.rollback()
@@ -346,6 +352,14 @@ class _UnitOfWorkBase:
             )
             return
         where = "moved to the dead-letter table" if settled.dead_lettered else "stays in the outbox"
+        if isinstance(exc, Exception):
+            log_failure(
+                _logger, logging.WARNING,
+                "unit of work committed, but dispatching its events failed: outbox row %d %s; "
+                "%d other event(s) of this round stay in the outbox for relay()",
+                exc, events[index], batch.ids[index], where,
+                len(events) - len(settled.delivered) - 1,
+            )  # fmt: skip
         exc.add_note(
             f"domainbus: the unit of work was committed; outbox row {batch.ids[index]} {where}, "
             f"{len(events) - len(settled.delivered) - 1} other event(s) of this round stay in "

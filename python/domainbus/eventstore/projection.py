@@ -26,11 +26,14 @@ yet readable (see `domainbus.eventstore.postgres`). On SQLite it polls every `po
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import domainbus
+from domainbus._log import log_failure
+from domainbus.delivery import batch_index
 from domainbus.eventstore._marks import marked_methods
 from domainbus.eventstore.store import DEFAULT_PAGE_SIZE, EventStore
 
@@ -67,6 +70,9 @@ def _tracking_for(connection: Any) -> Any:
         "a projection needs a sqlite3.Connection or a psycopg.Connection, "
         f"not {type(connection).__qualname__}"
     )
+
+
+_logger = logging.getLogger("domainbus.eventstore")
 
 
 class Projection:
@@ -162,6 +168,15 @@ class ProjectionRunner:
                     tracking.set_position(name, page.last_position)
             except BaseException as exc:
                 projection.discard()
+                if isinstance(exc, Exception):
+                    index = batch_index(exc, len(page.events))
+                    log_failure(
+                        _logger, logging.ERROR,
+                        "projection %r rolled back the page after position %s (%d events); "
+                        "the runner stops, it resumes there", exc,
+                        None if index is None else page.events[index],
+                        name, position, len(page.events),
+                    )  # fmt: skip
                 exc.add_note(
                     f"domainbus: projection {name!r} rolled back the page after position "
                     f"{position} ({len(page.events)} events); it resumes there"

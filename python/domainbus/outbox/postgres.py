@@ -135,7 +135,7 @@ class PostgresOutbox:
             cursor.execute(sql.ADVISORY_LOCK, (self._owner,))
             cursor.execute(sql.TABLES_EXIST, (list(sql.TABLE_NAMES),))
             found = cursor.fetchone()
-            if found is None or found[0] != len(sql.TABLE_NAMES):
+            if found is None or found[0] != len(sql.TABLE_NAMES) + 1:  # + traceparent
                 if connection.autocommit:
                     cursor.execute("BEGIN")
                 # concurrent CREATE TABLE IF NOT EXISTS can fail: one process at a time
@@ -260,7 +260,9 @@ class PostgresOutbox:
 
     # -- writing and claiming --------------------------------------------------------------
 
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> OutboxBatch:
+    def append(
+        self, payloads: Sequence[bytes], *, claimed: bool = True, traceparent: str | None = None
+    ) -> OutboxBatch:
         """Insert encoded events in the current transaction, claimed by this outbox or free
         (then the relays are notified when the transaction commits)."""
         check_payloads(payloads)
@@ -286,6 +288,8 @@ class PostgresOutbox:
                 self._held.restore(held)
                 del self._settled[-len(held) :]
             raise
+        if traceparent is not None:  # tracing on (domainbus.observe): one more statement
+            cursor.execute(sql.SET_TRACEPARENT, (traceparent, ids))
         if not claimed and payloads:
             cursor.execute(sql.NOTIFY)
         return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
@@ -318,6 +322,7 @@ class PostgresOutbox:
             [bytes(row[1]) for row in rows],
             [row[2] for row in rows],
             in_rows=True,
+            traceparents=[row[3] for row in rows],
         )
 
     def settle(

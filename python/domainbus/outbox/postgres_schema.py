@@ -32,8 +32,11 @@ TABLES = (
         owner bigint,
         claimed_at double precision,
         attempts integer NOT NULL DEFAULT 0,
-        last_error text
+        last_error text,
+        traceparent text
     )""",
+    # a database made before the traceparent column: add it (NULL in the existing rows)
+    "ALTER TABLE domainbus_outbox ADD COLUMN IF NOT EXISTS traceparent text",
     """CREATE TABLE IF NOT EXISTS domainbus_dead_letters (
         id bigserial PRIMARY KEY,
         outbox_id bigint NOT NULL,
@@ -51,8 +54,11 @@ TABLES = (
 )
 TABLE_NAMES = ("domainbus_outbox", "domainbus_dead_letters", "domainbus_processed")
 TABLES_EXIST = (
-    "SELECT count(to_regclass(name)) FROM unnest(%s::text[]) AS name"  # NULL when missing
+    "SELECT count(to_regclass(name)) + (SELECT count(*) FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND table_name = 'domainbus_outbox' "
+    "AND column_name = 'traceparent') FROM unnest(%s::text[]) AS name"  # NULL when missing
 )
+SET_TRACEPARENT = "UPDATE domainbus_outbox SET traceparent = %s WHERE id = ANY(%s::bigint[])"
 
 INSERT_ONE = (
     "INSERT INTO domainbus_outbox (payload, claim, owner, claimed_at) "
@@ -80,7 +86,7 @@ _CLAIM = (
     "WITH picked AS (SELECT id FROM domainbus_outbox WHERE {free} "
     "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     f"UPDATE domainbus_outbox o SET claim = %(claim)s, owner = %(owner)s, claimed_at = {NOW} "
-    "FROM picked WHERE o.id = picked.id RETURNING o.id, o.payload, o.attempts"
+    "FROM picked WHERE o.id = picked.id RETURNING o.id, o.payload, o.attempts, o.traceparent"
 )
 CLAIM = _CLAIM.format(
     free=f"claim IS NULL OR claimed_at < {NOW} - %(lease)s OR owner NOT IN ({_LIVE_OWNERS})"

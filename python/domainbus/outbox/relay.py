@@ -35,9 +35,12 @@ consistent); the failing row's attempt is still counted.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from domainbus._log import log_failure
+from domainbus._trace import incoming
 from domainbus.delivery import batch_index, failed_indexes
 from domainbus.outbox.failures import settle_after_failure
 from domainbus.transactions import describe_error
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from domainbus.outbox.store import OutboxBatch, OutboxStore, RelayResult
 
 __all__ = ["AsyncBatchDispatcher", "BatchDispatcher", "relay", "relay_async"]
+
+logger = logging.getLogger("domainbus.outbox")
 
 
 class BatchDispatcher(Protocol):
@@ -113,11 +118,14 @@ def relay(
     _check_dispatcher(dispatcher, "dispatch_batch")
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
+        token = run.enter_trace()
         try:
             dispatcher.dispatch_batch(events)
         except BaseException as exc:
+            run.exit_trace(token)
             run.settle(exc)
         else:
+            run.exit_trace(token)
             run.settle(None)
     return run.result()
 
@@ -138,11 +146,14 @@ async def relay_async(
     _check_dispatcher(dispatcher, "dispatch_batch_async")
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
+        token = run.enter_trace()
         try:
             await dispatcher.dispatch_batch_async(events, concurrent=concurrent)
         except BaseException as exc:
+            run.exit_trace(token)
             run.settle(exc)
         else:
+            run.exit_trace(token)
             run.settle(None)
     return run.result()
 
@@ -172,14 +183,28 @@ class _Relay:
         self.dead_lettered: list[int] = []
         self.batch: OutboxBatch | None = _in_transaction(store, self.claim)[0]
         self.ids: list[int] = []
+        self.events: list[Any] = []
         self.dead: list[tuple[int, str]] = []
 
     def next_events(self) -> list[Any] | None:
         """The decoded events of the claimed batch (bad rows set aside), or None when done."""
         if self.batch is None:
             return None
-        self.ids, events, self.dead = _decode(self.store, self.batch)
-        return events
+        self.ids, self.events, self.dead = _decode(self.store, self.batch)
+        return self.events
+
+    def enter_trace(self) -> Any:
+        """Hand the rows' stored traceparents to the dispatcher (`domainbus.observe`), if any."""
+        batch = self.batch
+        assert batch is not None
+        if not any(batch.traceparents):
+            return None
+        by_id = dict(zip(batch.ids, batch.traceparents, strict=True))
+        return incoming.set([by_id.get(i) for i in self.ids])
+
+    def exit_trace(self, token: Any) -> None:
+        if token is not None:
+            incoming.reset(token)
 
     def settle(self, exc: BaseException | None) -> None:
         """Settle the batch after its dispatch ended (with `exc`, or normally); then re-raise."""
@@ -187,7 +212,9 @@ class _Relay:
         assert batch is not None
         outcome = _outcome(len(self.ids), exc, self.collect)
         if outcome.error is not None:
-            self.dead_lettered += _settle_failures(store, batch, self.ids, outcome, self.dead)
+            self.dead_lettered += _settle_failures(
+                store, batch, self.ids, self.events, outcome, self.dead
+            )
             raise outcome.error
         # One transaction settles this batch (with the handlers' writes) and claims the next.
         settle = functools.partial(store.settle, batch, delivered=self.ids, dead=self.dead)
@@ -240,6 +267,7 @@ def _settle_failures(
     store: OutboxStore,
     batch: OutboxBatch,
     ids: list[int],
+    events: list[Any],
     outcome: _Outcome,
     dead: list[tuple[int, str]],
 ) -> list[int]:
@@ -271,7 +299,20 @@ def _settle_failures(
             f" the exception has no batch_index naming an event of the batch, so none of its "
             f"{len(ids)} event(s) counts as delivered; they stay pending, no attempt counted"
         )
+        if isinstance(error, Exception):
+            log_failure(
+                logger, logging.WARNING,
+                "relaying outbox rows %s..%s: the dispatch failed with no batch_index; the %d "
+                "event(s) stay pending, no attempt counted", error, None,
+                ids[0] if ids else "-", ids[-1] if ids else "-", len(ids),
+            )  # fmt: skip
     for index, exc in outcome.failures:
         where = "moved to the dead-letter table" if ids[index] in moved else "stays pending"
         exc.add_note(f"domainbus: relaying outbox row {ids[index]}, which {where}; {outcome_text}")
+        if isinstance(exc, Exception):
+            log_failure(
+                logger, logging.ERROR if ids[index] in moved else logging.WARNING,
+                "relaying outbox row %d failed; it %s; %s", exc, events[index],
+                ids[index], where, outcome_text,
+            )  # fmt: skip
     return moved

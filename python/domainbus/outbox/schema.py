@@ -32,7 +32,8 @@ TABLES = (
         claim INTEGER,
         claimed_at REAL,
         attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
+        last_error TEXT,
+        traceparent TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS domainbus_outbox_claims (
         claim INTEGER PRIMARY KEY,
@@ -69,7 +70,12 @@ DELETE_CLAIM = "DELETE FROM domainbus_outbox_claims WHERE claim = ?"
 DELETE_STALE_CLAIMS = "DELETE FROM domainbus_outbox_claims WHERE claimed_at < ?"
 DELETE_FOREIGN_CLAIMS = "DELETE FROM domainbus_outbox_claims WHERE owner != ?"
 LIVE_CLAIMS = "SELECT first_id, last_id FROM domainbus_outbox_claims ORDER BY first_id"
-_SELECT = "SELECT id, payload, attempts, claim FROM domainbus_outbox"
+_SELECT = "SELECT id, payload, attempts, claim, traceparent FROM domainbus_outbox"
+SET_TRACEPARENT = "UPDATE domainbus_outbox SET traceparent = ? WHERE id = ?"
+HAS_TRACEPARENT = (
+    "SELECT count(*) FROM pragma_table_info('domainbus_outbox') WHERE name = 'traceparent'"
+)
+ADD_TRACEPARENT = "ALTER TABLE domainbus_outbox ADD COLUMN traceparent TEXT"
 _FREE = "(claim IS NULL OR claimed_at < ?)"
 SELECT_AFTER = f"{_SELECT} WHERE id > ? AND {_FREE} ORDER BY id LIMIT ?"
 SELECT_BETWEEN = f"{_SELECT} WHERE id > ? AND id < ? AND {_FREE} ORDER BY id LIMIT ?"
@@ -154,12 +160,15 @@ def create_tables(connection: sqlite3.Connection) -> None:
         f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})",
         TABLE_NAMES,
     ).fetchone()[0]
-    if found == len(TABLE_NAMES):
+    if found == len(TABLE_NAMES) and connection.execute(HAS_TRACEPARENT).fetchone()[0]:
         return
     connection.execute("BEGIN IMMEDIATE")
     try:
         for statement in TABLES:
             connection.execute(statement)
+        # a database made before the traceparent column: add it (NULL in the existing rows)
+        if not connection.execute(HAS_TRACEPARENT).fetchone()[0]:
+            connection.execute(ADD_TRACEPARENT)
     except BaseException:
         connection.execute("ROLLBACK")
         raise

@@ -241,7 +241,9 @@ class SqliteOutbox:
 
     # -- writing and claiming --------------------------------------------------------------
 
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> OutboxBatch:
+    def append(
+        self, payloads: Sequence[bytes], *, claimed: bool = True, traceparent: str | None = None
+    ) -> OutboxBatch:
         """Insert encoded events in the current transaction, claimed by this outbox or free.
 
         The claim is written into the rows (no other table is touched), as a random number
@@ -260,6 +262,8 @@ class SqliteOutbox:
                 values = [value for payload in chunk for value in (payload, claim, now)]
                 ids.extend(row[0] for row in cursor.execute(sql.insert_many(len(chunk)), values))
             ids.sort()  # RETURNING gives no order; ids grow in insertion order
+        if traceparent is not None:  # tracing on (domainbus.observe): one more statement
+            cursor.executemany(sql.SET_TRACEPARENT, [(traceparent, i) for i in ids])
         return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
     def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
@@ -289,9 +293,15 @@ class SqliteOutbox:
         taken = [(row[0],) for row in rows if row[3] is not None]
         if taken:
             cursor.executemany(sql.CLEAR_ROW_CLAIM, taken)
-        return OutboxBatch(claim, ids, [row[1] for row in rows], [row[2] for row in rows])
+        return OutboxBatch(
+            claim,
+            ids,
+            [row[1] for row in rows],
+            [row[2] for row in rows],
+            traceparents=[row[4] for row in rows],
+        )
 
-    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any]]:
+    def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any, Any]]:
         """The oldest free rows in the first gap between live relay claims that has any."""
         cursor = self._cursor
         after = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from domainbus.errors import DomainbusError
@@ -46,6 +46,9 @@ class OutboxBatch:
     payloads: list[bytes]
     attempts: list[int]
     in_rows: bool = False
+    traceparents: list[str | None] = field(default_factory=list)
+    """The W3C traceparent stored with each row (read back by a relay's claim; empty when
+    none was read). See `domainbus.observe`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +91,11 @@ class OutboxStore(Protocol):
     def rollback(self) -> None: ...
     def encode(self, event: Any) -> bytes: ...
     def decode(self, payload: bytes) -> Any: ...
-    def append(self, payloads: Sequence[bytes], *, claimed: bool = True) -> OutboxBatch:
-        """Store the payloads in the current transaction, claimed by this store or free."""
+    def append(
+        self, payloads: Sequence[bytes], *, claimed: bool = True, traceparent: str | None = None
+    ) -> OutboxBatch:
+        """Store the payloads in the current transaction, claimed by this store or free;
+        `traceparent` (W3C trace context of the recording code) is stored with each row."""
 
     def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
         """Claim up to `limit` of the oldest unclaimed rows (None when there are none)."""

@@ -7,8 +7,12 @@ One stream entry holds a frame of up to 1,000 events (never one entry per event:
     count   b"1000"                 events in the frame (decimal)
     events  <msgpack array>         the codec's msgpack records (`EventCodec.encode_batch`)
 
-A later observability issue may add a `traceparent` field (W3C trace context, one per entry
-or a list per event); readers ignore fields they do not know, so that stays compatible.
+    traceparent  b"00-<trace>-<span>-01"  optional: the W3C trace context of the code that
+                                        published the frame (one per frame), written only
+                                        when tracing is on (`domainbus.observe`)
+
+Readers ignore fields they do not know, so frames with or without `traceparent` stay
+compatible both ways.
 
 Events are spread over `partitions` streams `{stream}:{p}` by a key (default: the event's
 `aggregate_id` when it has one, else its `event_id`), so the events of one key stay in order:
@@ -35,6 +39,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MAX_FRAME_EVENTS",
+    "TRACEPARENT",
     "KeyFunction",
     "default_key",
     "key_bytes",
@@ -46,6 +51,7 @@ __all__ = [
 FORMAT = b"format"
 COUNT = b"count"
 EVENTS = b"events"
+TRACEPARENT = b"traceparent"
 FORMAT_VERSION = b"domainbus-msgpack-1"
 MAX_FRAME_EVENTS = 1000
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from domainbus._trace import current_traceparent
 from domainbus.codec import EventCodec
 from domainbus.errors import DomainbusError
 from domainbus.redis.connection import connect, stream_partitions
@@ -36,6 +37,7 @@ from domainbus.redis.entries import (
     FORMAT,
     FORMAT_VERSION,
     MAX_FRAME_EVENTS,
+    TRACEPARENT,
     KeyFunction,
     check_name,
     check_positive,
@@ -114,10 +116,13 @@ class RedisPublisher:
         frames: list[tuple[int, int]] = []  # (partition, events in the frame), pipeline order
         pipe = self.client.pipeline(transaction=False)
         size, encode, maxlen = self.frame_size, self.codec.encode_batch, self.maxlen
+        traceparent = current_traceparent()  # None unless tracing is on (domainbus.observe)
         for partition, group in enumerate(groups):
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 fields = {FORMAT: FORMAT_VERSION, COUNT: b"%d" % len(chunk), EVENTS: encode(chunk)}
+                if traceparent is not None:
+                    fields[TRACEPARENT] = traceparent.encode()
                 pipe.xadd(self._names[partition], fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
                 frames.append((partition, len(chunk)))
         try:

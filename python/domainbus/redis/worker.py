@@ -45,7 +45,10 @@ from typing import Any, Protocol
 import msgspec
 import redis
 
+from domainbus._log import log_failure
+from domainbus._trace import incoming
 from domainbus.codec import EventCodec
+from domainbus.delivery import batch_index
 from domainbus.errors import DecodeError
 from domainbus.redis.connection import connect, stream_partitions
 from domainbus.redis.dead_letters import dead_letter_fields, frame_of_records
@@ -53,6 +56,7 @@ from domainbus.redis.entries import (
     EVENTS,
     FORMAT,
     FORMAT_VERSION,
+    TRACEPARENT,
     check_name,
     check_positive,
     partition_key,
@@ -280,7 +284,10 @@ class RedisWorker:
                 self._recovered.clear()  # entries read before the failure may be pending
                 if self._stopping.is_set():
                     break
-                log.warning("domainbus worker %s: connection lost: %r", self.consumer, exc)
+                log.warning(
+                    "domainbus worker %s: connection lost: %r; reconnecting",
+                    self.consumer, exc, exc_info=exc,
+                )  # fmt: skip
                 self._connect_with_backoff(self._reconnected)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -411,25 +418,38 @@ class RedisWorker:
             events = self.codec.decode_batch(frame)
         except DecodeError:
             events = self._decode_slowly(partition, entry_id, frame, deliveries)
+        traceparent = fields.get(TRACEPARENT)
+        token = None
+        if traceparent is not None:  # the publisher's trace context (domainbus.observe)
+            token = incoming.set([traceparent.decode(errors="replace")] * len(events))
+        try:
+            self._dispatch(partition, entry_id, frame, events, deliveries)
+        finally:
+            if token is not None:
+                incoming.reset(token)
+        self.events += len(events)
+        self.entries += 1
+        self._acks.setdefault(partition, []).append(entry_id)
+
+    def _dispatch(
+        self, partition: int, entry_id: bytes, frame: bytes, events: list[Any], deliveries: int
+    ) -> None:
+        """Dispatch one entry's events (the last delivery: one by one); _Failed on a failure."""
         if deliveries >= self.max_deliveries:
             self._dispatch_last_time(partition, entry_id, frame, events, deliveries)
         else:
             try:
                 self.dispatcher.dispatch_batch(events)
             except Exception as exc:
-                log.warning(
-                    "domainbus worker %s: %s entry %s, delivery %d of %d failed: %s",
-                    self.consumer,
-                    self._keys[partition],
-                    entry_id.decode(),
-                    deliveries,
-                    self.max_deliveries,
-                    _describe(exc),
-                )
+                index = batch_index(exc, len(events))
+                log_failure(
+                    log, logging.WARNING,
+                    "domainbus worker %s: %s entry %s, delivery %d of %d failed (retried after "
+                    "%.1f s): %s", exc, None if index is None else events[index],
+                    self.consumer, self._keys[partition], entry_id.decode(), deliveries,
+                    self.max_deliveries, self.retry_delay, _describe(exc),
+                )  # fmt: skip
                 raise _Failed from exc
-        self.events += len(events)
-        self.entries += 1
-        self._acks.setdefault(partition, []).append(entry_id)
 
     def _decode_slowly(
         self, partition: int, entry_id: bytes, frame: bytes, deliveries: int
@@ -467,7 +487,7 @@ class RedisWorker:
                 record: Any = records[index] if records is not None else self.codec.encode(event)
                 self._dead(
                     partition, entry_id, [record], index, "handler-failed", _describe(exc),
-                    deliveries,
+                    deliveries, exc=exc, event=event,
                 )  # fmt: skip
 
     def _dead(
@@ -481,6 +501,8 @@ class RedisWorker:
         deliveries: int,
         *,
         raw_frame: bytes | None = None,
+        exc: BaseException | None = None,
+        event: object = None,
     ) -> None:
         fields = dead_letter_fields(
             frame=raw_frame if raw_frame is not None else frame_of_records(records),
@@ -497,11 +519,13 @@ class RedisWorker:
         )
         self.client.xadd(self.dead_letter_stream, fields)  # type: ignore[arg-type]
         self.dead_letters += 1
-        log.warning(
-            "domainbus worker %s: %s entry %s (index %d) -> %s: %s: %s",
-            self.consumer, self._keys[partition], entry_id.decode(), index,
-            self.dead_letter_stream, reason, error,
-        )  # fmt: skip
+        message = "domainbus worker %s: %s entry %s (index %d) -> %s: %s: %s"
+        args = (self.consumer, self._keys[partition], entry_id.decode(), index,
+                self.dead_letter_stream, reason, error)  # fmt: skip
+        if exc is None:
+            log.error(message, *args)
+        else:
+            log_failure(log, logging.ERROR, message, exc, event, *args)
 
     def _dead_entry(self, partition: int, entry_id: bytes, fields: Any, deliveries: int) -> None:
         """A malformed entry (not a domainbus frame): dead-letter it and XACK it in one MULTI."""
