@@ -13,7 +13,7 @@ use arc_swap::Guard;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyList, PyTuple, PyType};
 
 use crate::dispatcher::{Config, Dispatcher, Nested, COLLECT, QUEUE, UNHANDLED};
 use crate::errors::{self, Policy};
@@ -374,6 +374,32 @@ impl Dispatcher {
 /// Resolved lists the single-dispatch dict keeps; past this many classes it starts over.
 const HOT_LIMIT: usize = 4096;
 
+/// Slots of the single-dispatch table (`Dispatcher::hot_slots`; a power of two).
+const HOT_SLOTS: usize = 64;
+
+/// The slot of a class in `hot_slots` (Fibonacci hashing of its address).
+#[inline(always)]
+fn hot_slot(event_type: &Bound<'_, PyType>) -> usize {
+    let address = event_type.as_ptr() as usize as u64;
+    ((address >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HOT_SLOTS.trailing_zeros()))
+        as usize
+}
+
+/// A new, empty `hot_slots` list.
+pub(crate) fn empty_slots(py: Python<'_>) -> Py<PyList> {
+    PyList::new(py, (0..2 * HOT_SLOTS).map(|_| py.None()))
+        .map_or_else(|_| PyList::empty(py).unbind(), Bound::unbind)
+}
+
+/// Empty every slot (the class first: a slot whose class is None is empty). Releasing the old
+/// entries may run Python code that fills slots meanwhile; lookups check what they find.
+pub(crate) fn clear_slots(slots: &Bound<'_, PyList>) {
+    let py = slots.py();
+    for i in 0..slots.len() {
+        let _ = slots.set_item(i, py.None());
+    }
+}
+
 /// True when `event_type`'s metaclass hashes and compares classes like `type` (by identity),
 /// so a dict keyed by the class finds it by identity without running Python code (rule 1).
 #[inline(always)]
@@ -473,6 +499,22 @@ impl Dispatcher {
         let version = self.version.load(Ordering::Acquire);
         let keyed = identity_keyed(event_type);
         if keyed && self.hot_version.load(Ordering::Relaxed) == version {
+            let slot = hot_slot(event_type);
+            // SAFETY: GIL held; `hot_slots` is a list of 2 * HOT_SLOTS items (or empty, if
+            // its creation failed: then the length check fails); the items are borrowed and
+            // only compared or made owned at once.
+            unsafe {
+                let slots = self.hot_slots.as_ptr();
+                if ffi::PyList_GET_SIZE(slots) as usize == 2 * HOT_SLOTS
+                    && ffi::PyList_GET_ITEM(slots, (2 * slot) as ffi::Py_ssize_t)
+                        == event_type.as_ptr()
+                {
+                    let regs = ffi::PyList_GET_ITEM(slots, (2 * slot + 1) as ffi::Py_ssize_t);
+                    if ffi::PyTuple_CheckExact(regs) != 0 {
+                        return Ok(Bound::from_borrowed_ptr(py, regs).cast_into_unchecked());
+                    }
+                }
+            }
             // SAFETY: GIL held, `hot` is a live dict and the key a live class whose hash and
             // comparison run no Python code (`identity_keyed`); the borrowed result is made an
             // owned reference at once, so the list outlives any change a handler makes.
@@ -503,6 +545,7 @@ impl Dispatcher {
             // Marked first: releasing the old lists may run Python code, which may dispatch
             // (and fill the dict) or change the registry (then nothing is inserted below).
             self.hot_version.store(version, Ordering::Relaxed);
+            clear_slots(self.hot_slots.bind(py));
             hot.clear();
         }
         let resolved = self.state.load().resolve(event_type)?;
@@ -518,6 +561,16 @@ impl Dispatcher {
             }
             if current(self) {
                 hot.set_item(event_type, &regs)?;
+            }
+            let slots = self.hot_slots.bind(py);
+            let slot = hot_slot(event_type);
+            // an empty slot is taken (its tuple first, then its class); a taken one is kept
+            if current(self) && slots.len() == 2 * HOT_SLOTS && slots.get_item(2 * slot)?.is_none()
+            {
+                slots.set_item(2 * slot + 1, &regs)?;
+                if current(self) && slots.get_item(2 * slot)?.is_none() {
+                    slots.set_item(2 * slot, event_type)?;
+                }
             }
         }
         Ok(regs)

@@ -84,6 +84,9 @@ pub struct Dispatcher {
     /// Planned}, valid for registry version `hot_version`. A dict read under the GIL costs less
     /// than an ArcSwap load and a mutex on that path (see commands.rs's `routes`).
     pub(crate) hot: Py<PyDict>,
+    /// In front of `hot`, for the same version: a direct-mapped table as a list
+    /// [class, tuple, class, tuple, ...] (None when empty), filled first come, first served.
+    pub(crate) hot_slots: Py<PyList>,
     pub(crate) hot_version: AtomicU64,
     /// Bumped after every published registry change; the dispatch loop polls it per event.
     pub(crate) version: AtomicU64,
@@ -334,6 +337,7 @@ impl Dispatcher {
             flags: AtomicU8::new(0),
             state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
             hot: PyDict::new(py).unbind(),
+            hot_slots: crate::dispatch::empty_slots(py),
             hot_version: AtomicU64::new(u64::MAX),
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
@@ -554,6 +558,7 @@ impl Dispatcher {
         }
         visit.call(&config.on_unhandled)?;
         visit.call(&self.hot)?;
+        visit.call(&self.hot_slots)?;
         self.commands.traverse(&visit)?;
         self.state.load().traverse(&visit)
     }
@@ -565,6 +570,7 @@ impl Dispatcher {
         self.hot_version.store(u64::MAX, Ordering::Relaxed);
         // SAFETY: the GC calls __clear__ with the GIL held.
         let py = unsafe { Python::assume_attached() };
+        crate::dispatch::clear_slots(self.hot_slots.bind(py));
         self.hot.bind(py).clear();
         self.state
             .store(Arc::new(Snapshot::new(Registry::default())));
