@@ -371,11 +371,8 @@ impl Dispatcher {
     }
 }
 
-/// Resolved lists the single-dispatch dict keeps; past this many classes it starts over.
-const HOT_LIMIT: usize = 4096;
-
 /// Slots of the single-dispatch table (`Dispatcher::hot_slots`; a power of two).
-const HOT_SLOTS: usize = 64;
+const HOT_SLOTS: usize = 256;
 
 /// The slot of a class in `hot_slots` (Fibonacci hashing of its address).
 #[inline(always)]
@@ -400,38 +397,22 @@ pub(crate) fn clear_slots(slots: &Bound<'_, PyList>) {
     }
 }
 
-/// True when `event_type`'s metaclass hashes and compares classes like `type` (by identity),
-/// so a dict keyed by the class finds it by identity without running Python code (rule 1).
-#[inline(always)]
-fn identity_keyed(event_type: &Bound<'_, PyType>) -> bool {
-    // SAFETY: `event_type` is a live type object, so its own type (the metaclass) is a live
-    // type object too; PyType_Type is a static the interpreter initialised. Only reads.
-    unsafe {
-        let meta = ffi::Py_TYPE(event_type.as_ptr());
-        let plain = std::ptr::addr_of_mut!(ffi::PyType_Type);
-        meta == plain
-            || ((*meta).tp_hash.map(|f| f as usize) == (*plain).tp_hash.map(|f| f as usize)
-                && (*meta).tp_richcompare.map(|f| f as usize)
-                    == (*plain).tp_richcompare.map(|f| f as usize))
-    }
-}
-
 impl Dispatcher {
     /// `dispatch(event)`: one event, in "immediate" mode without the batch loop's set-up. The
-    /// resolved list comes from the `hot` dict; the options are read when they matter (the
+    /// resolved list comes from `hot_slots`; the options are read when they matter (the
     /// on_error policy at a failure, on_unhandled for an unhandled event), as in the pure
-    /// backend. "queue" mode takes the general loop (it owns the per-thread FIFO).
+    /// backend. "queue" mode (it owns the per-thread FIFO) and "collect" take the general loop.
     #[inline(always)]
     pub(crate) fn dispatch_single<'py>(&self, event: &Bound<'py, PyAny>) -> PyResult<u64> {
         let py = event.py();
         let flags = self.flags.load(Ordering::Relaxed);
-        if flags & QUEUE != 0 {
+        if flags & (QUEUE | COLLECT) != 0 {
             return self.run(py, std::iter::once(Ok(event.clone())), false);
         }
         let _depth = RecursionGuard::enter(py)?;
         let event_type = event.get_type();
         let regs = self.hot_regs(&event_type)?;
-        let mut failures = (flags & COLLECT != 0).then(Vec::new);
+        let mut failures = None; // "collect" takes the general loop
         let mut calls = 0u64;
         if regs.is_empty() {
             if flags & UNHANDLED != 0 {
@@ -485,50 +466,37 @@ impl Dispatcher {
             }
         }
         Pacer::new().tick(py)?;
-        match failures {
-            Some(failures) if !failures.is_empty() => Err(errors::exception_group(py, failures)),
-            _ => Ok(calls),
-        }
+        Ok(calls)
     }
 
     /// The resolved registrations of `event_type` under the newest registry (rule 4), as a
-    /// tuple of Planned: from the `hot` dict when it holds them for the current version.
+    /// tuple of Planned: from `hot_slots` when its slot holds them for the current version.
+    /// A slot holds a weak reference to its class (no reference count of the class changes),
+    /// so a class collected meanwhile, or another at its address, never matches.
     #[inline(always)]
     fn hot_regs<'py>(&self, event_type: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_type.py();
         let version = self.version.load(Ordering::Acquire);
-        let keyed = identity_keyed(event_type);
-        if keyed && self.hot_version.load(Ordering::Relaxed) == version {
+        if self.hot_version.load(Ordering::Relaxed) == version {
             let slot = hot_slot(event_type);
             // SAFETY: GIL held; `hot_slots` is a list of 2 * HOT_SLOTS items (or empty, if
             // its creation failed: then the length check fails); the items are borrowed and
-            // only compared or made owned at once.
+            // only read, or made owned at once.
             unsafe {
                 let slots = self.hot_slots.as_ptr();
-                if ffi::PyList_GET_SIZE(slots) as usize == 2 * HOT_SLOTS
-                    && ffi::PyList_GET_ITEM(slots, (2 * slot) as ffi::Py_ssize_t)
-                        == event_type.as_ptr()
-                {
+                if ffi::PyList_GET_SIZE(slots) as usize == 2 * HOT_SLOTS {
+                    let class = ffi::PyList_GET_ITEM(slots, (2 * slot) as ffi::Py_ssize_t);
                     let regs = ffi::PyList_GET_ITEM(slots, (2 * slot + 1) as ffi::Py_ssize_t);
-                    if ffi::PyTuple_CheckExact(regs) != 0 {
+                    if ffi::PyWeakref_CheckRefExact(class) != 0
+                        && ffi::PyWeakref_GetObject(class) == event_type.as_ptr()
+                        && ffi::PyTuple_CheckExact(regs) != 0
+                    {
                         return Ok(Bound::from_borrowed_ptr(py, regs).cast_into_unchecked());
                     }
                 }
             }
-            // SAFETY: GIL held, `hot` is a live dict and the key a live class whose hash and
-            // comparison run no Python code (`identity_keyed`); the borrowed result is made an
-            // owned reference at once, so the list outlives any change a handler makes.
-            let raw =
-                unsafe { ffi::PyDict_GetItemWithError(self.hot.as_ptr(), event_type.as_ptr()) };
-            if !raw.is_null() {
-                // SAFETY: only tuples are stored in `hot` (below).
-                return Ok(unsafe { Bound::from_borrowed_ptr(py, raw).cast_into_unchecked() });
-            }
-            if let Some(err) = PyErr::take(py) {
-                return Err(err);
-            }
         }
-        self.hot_miss(event_type, version, keyed)
+        self.hot_miss(event_type, version)
     }
 
     #[cold]
@@ -537,16 +505,14 @@ impl Dispatcher {
         &self,
         event_type: &Bound<'py, PyType>,
         version: u64,
-        keyed: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_type.py();
-        let hot = self.hot.bind(py);
-        if keyed && self.hot_version.load(Ordering::Relaxed) != version {
+        let slots = self.hot_slots.bind(py);
+        if self.hot_version.load(Ordering::Relaxed) != version {
             // Marked first: releasing the old lists may run Python code, which may dispatch
-            // (and fill the dict) or change the registry (then nothing is inserted below).
+            // (and fill slots) or change the registry (then nothing is stored below).
             self.hot_version.store(version, Ordering::Relaxed);
-            clear_slots(self.hot_slots.bind(py));
-            hot.clear();
+            clear_slots(slots);
         }
         let resolved = self.state.load().resolve(event_type)?;
         let regs = PyTuple::new(py, resolved.iter().map(|reg| reg.clone_ref(py)))?;
@@ -555,21 +521,28 @@ impl Dispatcher {
             this.version.load(Ordering::Acquire) == version
                 && this.hot_version.load(Ordering::Relaxed) == version
         };
-        if keyed && current(self) {
-            if hot.len() >= HOT_LIMIT {
-                hot.clear();
-            }
-            if current(self) {
-                hot.set_item(event_type, &regs)?;
-            }
-            let slots = self.hot_slots.bind(py);
-            let slot = hot_slot(event_type);
-            // an empty slot is taken (its tuple first, then its class); a taken one is kept
-            if current(self) && slots.len() == 2 * HOT_SLOTS && slots.get_item(2 * slot)?.is_none()
-            {
+        let slot = hot_slot(event_type);
+        // a free slot (empty, or its class collected) is taken: its tuple first, then its class
+        let free = |slots: &Bound<'py, PyList>| -> PyResult<bool> {
+            let class = slots.get_item(2 * slot)?;
+            Ok(class.is_none()
+                || class
+                    .cast::<pyo3::types::PyWeakrefReference>()
+                    .is_ok_and(|r| r.upgrade().is_none()))
+        };
+        if current(self) && slots.len() == 2 * HOT_SLOTS && free(slots)? {
+            // SAFETY: GIL held, `event_type` is a live class (classes take weak references);
+            // the result is a new reference or NULL with an exception set.
+            let weak = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyWeakref_NewRef(event_type.as_ptr(), std::ptr::null_mut()),
+                )
+            };
+            if let Ok(weak) = weak {
                 slots.set_item(2 * slot + 1, &regs)?;
-                if current(self) && slots.get_item(2 * slot)?.is_none() {
-                    slots.set_item(2 * slot, event_type)?;
+                if current(self) && free(slots)? {
+                    slots.set_item(2 * slot, weak)?;
                 }
             }
         }
@@ -586,8 +559,19 @@ unsafe extern "C" fn dispatch_fastcall(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a method with the GIL held.
-    let py = unsafe { Python::assume_attached() };
+    // `attach`, not `assume_attached`: with PyO3's attach count at zero, the `Py` values
+    // dropped in the call (a failure's PyErr) would be queued for later instead of released.
+    Python::attach(|py| dispatch_attached(py, slf, args, nargs, kwnames))
+}
+
+/// The body of `dispatch_fastcall`, with the GIL (held by the caller) known to PyO3.
+fn dispatch_attached(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: `slf` is a borrowed, live object the method descriptor checked is an
         // instance of Dispatcher (or a subclass); `args` holds `nargs` positional arguments

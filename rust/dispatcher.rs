@@ -80,12 +80,10 @@ pub struct Dispatcher {
     /// one plain load tells a single `dispatch` whether it may take the fast path.
     pub(crate) flags: AtomicU8,
     pub(crate) state: ArcSwap<Snapshot>,
-    /// The resolved lists of single `dispatch` (rust/dispatch.rs `hot_regs`): {class: tuple of
-    /// Planned}, valid for registry version `hot_version`. A dict read under the GIL costs less
-    /// than an ArcSwap load and a mutex on that path (see commands.rs's `routes`).
-    pub(crate) hot: Py<PyDict>,
-    /// In front of `hot`, for the same version: a direct-mapped table as a list
-    /// [class, tuple, class, tuple, ...] (None when empty), filled first come, first served.
+    /// The resolved lists of single `dispatch` (rust/dispatch.rs `hot_regs`), valid for
+    /// registry version `hot_version`: a direct-mapped table as a list [weak reference to a
+    /// class, tuple of Planned, ...] (None when empty), filled first come, first served. A
+    /// list read under the GIL costs less than an ArcSwap load and a mutex on that path.
     pub(crate) hot_slots: Py<PyList>,
     pub(crate) hot_version: AtomicU64,
     /// Bumped after every published registry change; the dispatch loop polls it per event.
@@ -336,7 +334,6 @@ impl Dispatcher {
             config: ArcSwap::from_pointee(Config::empty()),
             flags: AtomicU8::new(0),
             state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
-            hot: PyDict::new(py).unbind(),
             hot_slots: crate::dispatch::empty_slots(py),
             hot_version: AtomicU64::new(u64::MAX),
             version: AtomicU64::new(0),
@@ -557,7 +554,6 @@ impl Dispatcher {
             visit.call(callback)?;
         }
         visit.call(&config.on_unhandled)?;
-        visit.call(&self.hot)?;
         visit.call(&self.hot_slots)?;
         self.commands.traverse(&visit)?;
         self.state.load().traverse(&visit)
@@ -571,7 +567,6 @@ impl Dispatcher {
         // SAFETY: the GC calls __clear__ with the GIL held.
         let py = unsafe { Python::assume_attached() };
         crate::dispatch::clear_slots(self.hot_slots.bind(py));
-        self.hot.bind(py).clear();
         self.state
             .store(Arc::new(Snapshot::new(Registry::default())));
         self.version.fetch_add(1, Ordering::Release);
