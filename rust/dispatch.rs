@@ -13,13 +13,13 @@ use arc_swap::Guard;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyList, PyTuple, PyType};
 
-use crate::dispatcher::{Config, Dispatcher, Nested};
+use crate::dispatcher::{Config, Dispatcher, Nested, COLLECT, QUEUE, UNHANDLED};
 use crate::errors::{self, Policy};
 use crate::handled;
 use crate::nested::{self, FrameGuard};
-use crate::registry::{Reg, Resolved, Snapshot};
+use crate::registry::{Reg, Registration, Resolved, Snapshot};
 use crate::unwind;
 
 /// Events between two looks at pending signals (Ctrl-C) and two chances for other threads to
@@ -369,4 +369,313 @@ impl Dispatcher {
         self.update(|snapshot| Ok(snapshot.without(py, reg)))?;
         Ok(true)
     }
+}
+
+/// Slots of the single-dispatch table (`Dispatcher::hot_slots`; a power of two).
+const HOT_SLOTS: usize = 256;
+
+/// The slot of a class in `hot_slots` (Fibonacci hashing of its address).
+#[inline(always)]
+fn hot_slot(event_type: &Bound<'_, PyType>) -> usize {
+    let address = event_type.as_ptr() as usize as u64;
+    ((address >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HOT_SLOTS.trailing_zeros()))
+        as usize
+}
+
+/// A new, empty `hot_slots` list.
+pub(crate) fn empty_slots(py: Python<'_>) -> Py<PyList> {
+    PyList::new(py, (0..2 * HOT_SLOTS).map(|_| py.None()))
+        .map_or_else(|_| PyList::empty(py).unbind(), Bound::unbind)
+}
+
+/// Empty every slot (the class first: a slot whose class is None is empty). Releasing the old
+/// entries may run Python code that fills slots meanwhile; lookups check what they find.
+pub(crate) fn clear_slots(slots: &Bound<'_, PyList>) {
+    let py = slots.py();
+    for i in 0..slots.len() {
+        let _ = slots.set_item(i, py.None());
+    }
+}
+
+impl Dispatcher {
+    /// `dispatch(event)`: one event, in "immediate" mode without the batch loop's set-up. The
+    /// resolved list comes from `hot_slots`; the options are read when they matter (the
+    /// on_error policy at a failure, on_unhandled for an unhandled event), as in the pure
+    /// backend. "queue" mode (it owns the per-thread FIFO) and "collect" take the general loop.
+    #[inline(always)]
+    pub(crate) fn dispatch_single<'py>(&self, event: &Bound<'py, PyAny>) -> PyResult<u64> {
+        let py = event.py();
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & (QUEUE | COLLECT) != 0 {
+            return self.run(py, std::iter::once(Ok(event.clone())), false);
+        }
+        let _depth = RecursionGuard::enter(py)?;
+        let event_type = event.get_type();
+        let regs = self.hot_regs(&event_type)?;
+        let mut failures = None; // "collect" takes the general loop
+        let mut calls = 0u64;
+        if regs.is_empty() {
+            if flags & UNHANDLED != 0 {
+                let on_unhandled = self
+                    .config
+                    .load()
+                    .on_unhandled
+                    .as_ref()
+                    .map(|f| f.clone_ref(py));
+                if let Some(on_unhandled) = on_unhandled {
+                    unwind::call1(on_unhandled.bind(py), event)?;
+                }
+            }
+        } else {
+            for item in regs.iter_borrowed() {
+                // SAFETY: `hot_regs` only returns tuples of Registration (Planned) objects.
+                let planned = unsafe { item.cast_unchecked::<Registration>() };
+                let reg = planned.get();
+                let weak_target;
+                let handler = if reg.weak {
+                    match reg.live_handler(py)? {
+                        Some(target) => {
+                            weak_target = target;
+                            &weak_target
+                        }
+                        None => continue,
+                    }
+                } else {
+                    reg.target.bind(py)
+                };
+                if reg.once && !self.consume(py, &planned.to_owned().unbind())? {
+                    continue;
+                }
+                calls += 1;
+                let failure = match unwind::call1(handler, event) {
+                    Ok(result) if result.is_none() || !is_coroutine(&result) => continue,
+                    Ok(coroutine) => reject_coroutine(handler, &coroutine),
+                    Err(err) => err,
+                };
+                let config = self.config.load_full();
+                self.handle_failure(
+                    py,
+                    &config,
+                    failure,
+                    handler,
+                    event,
+                    &event_type,
+                    None,
+                    &mut failures,
+                )?;
+            }
+        }
+        Pacer::new().tick(py)?;
+        Ok(calls)
+    }
+
+    /// The resolved registrations of `event_type` under the newest registry (rule 4), as a
+    /// tuple of Planned: from `hot_slots` when its slot holds them for the current version.
+    /// A slot holds a weak reference to its class (no reference count of the class changes),
+    /// so a class collected meanwhile, or another at its address, never matches.
+    #[inline(always)]
+    fn hot_regs<'py>(&self, event_type: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = event_type.py();
+        let version = self.version.load(Ordering::Acquire);
+        if self.hot_version.load(Ordering::Relaxed) == version {
+            let slot = hot_slot(event_type);
+            // SAFETY: GIL held; `hot_slots` is a list of 2 * HOT_SLOTS items (or empty, if
+            // its creation failed: then the length check fails); the items are borrowed and
+            // only read, or made owned at once.
+            unsafe {
+                let slots = self.hot_slots.as_ptr();
+                if ffi::PyList_GET_SIZE(slots) as usize == 2 * HOT_SLOTS {
+                    let class = ffi::PyList_GET_ITEM(slots, (2 * slot) as ffi::Py_ssize_t);
+                    let regs = ffi::PyList_GET_ITEM(slots, (2 * slot + 1) as ffi::Py_ssize_t);
+                    if ffi::PyWeakref_CheckRefExact(class) != 0
+                        && ffi::PyWeakref_GetObject(class) == event_type.as_ptr()
+                        && ffi::PyTuple_CheckExact(regs) != 0
+                    {
+                        return Ok(Bound::from_borrowed_ptr(py, regs).cast_into_unchecked());
+                    }
+                }
+            }
+        }
+        self.hot_miss(event_type, version)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn hot_miss<'py>(
+        &self,
+        event_type: &Bound<'py, PyType>,
+        version: u64,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let py = event_type.py();
+        let slots = self.hot_slots.bind(py);
+        if self.hot_version.load(Ordering::Relaxed) != version {
+            // Marked first: releasing the old lists may run Python code, which may dispatch
+            // (and fill slots) or change the registry (then nothing is stored below).
+            self.hot_version.store(version, Ordering::Relaxed);
+            clear_slots(slots);
+        }
+        let resolved = self.state.load().resolve(event_type)?;
+        let regs = PyTuple::new(py, resolved.iter().map(|reg| reg.clone_ref(py)))?;
+        drop(resolved);
+        let current = |this: &Self| {
+            this.version.load(Ordering::Acquire) == version
+                && this.hot_version.load(Ordering::Relaxed) == version
+        };
+        let slot = hot_slot(event_type);
+        // a free slot (empty, or its class collected) is taken: its tuple first, then its class
+        let free = |slots: &Bound<'py, PyList>| -> PyResult<bool> {
+            let class = slots.get_item(2 * slot)?;
+            Ok(class.is_none()
+                || class
+                    .cast::<pyo3::types::PyWeakrefReference>()
+                    .is_ok_and(|r| r.upgrade().is_none()))
+        };
+        if current(self) && slots.len() == 2 * HOT_SLOTS && free(slots)? {
+            // SAFETY: GIL held, `event_type` is a live class (classes take weak references);
+            // the result is a new reference or NULL with an exception set.
+            let weak = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyWeakref_NewRef(event_type.as_ptr(), std::ptr::null_mut()),
+                )
+            };
+            if let Ok(weak) = weak {
+                slots.set_item(2 * slot + 1, &regs)?;
+                if current(self) && free(slots)? {
+                    slots.set_item(2 * slot, weak)?;
+                }
+            }
+        }
+        Ok(regs)
+    }
+}
+
+/// `Dispatcher.dispatch` as a METH_FASTCALL | METH_KEYWORDS method: CPython passes the event
+/// straight from its argument array, with none of the generated argument parsing (the keyword
+/// form `dispatch(event=...)` of the pure backend is parsed here too, off the fast path).
+unsafe extern "C" fn dispatch_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // `attach`, not `assume_attached`: with PyO3's attach count at zero, the `Py` values
+    // dropped in the call (a failure's PyErr) would be queued for later instead of released.
+    Python::attach(|py| dispatch_attached(py, slf, args, nargs, kwnames))
+}
+
+/// The body of `dispatch_fastcall`, with the GIL (held by the caller) known to PyO3.
+fn dispatch_attached(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `slf` is a borrowed, live object the method descriptor checked is an
+        // instance of Dispatcher (or a subclass); `args` holds `nargs` positional arguments
+        // followed by one per name in `kwnames` (a tuple, or NULL), all borrowed and live.
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Dispatcher>() };
+        let event = if nargs == 1 && kwnames.is_null() {
+            // SAFETY: one positional argument (just checked).
+            unsafe { Bound::from_borrowed_ptr(py, *args) }
+        } else {
+            // SAFETY: as above.
+            unsafe { the_event(py, args, nargs, kwnames) }?
+        };
+        slf.get().dispatch_single(&event)
+    }));
+    match outcome {
+        Ok(Ok(calls)) => {
+            let Ok(calls) = calls.into_pyobject(py);
+            calls.into_ptr()
+        }
+        Ok(Err(err)) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            pyo3::panic::PanicException::new_err("domainbus: dispatch panicked").restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// The `event` argument of a call other than `dispatch(event)`, or the TypeError Python
+/// raises for a function `def dispatch(self, event)` called that way.
+///
+/// # Safety
+/// As for a METH_FASTCALL | METH_KEYWORDS method: the GIL is held, `args` holds `nargs`
+/// positional arguments then one per name in `kwnames` (a tuple of str, or NULL).
+#[cold]
+#[inline(never)]
+unsafe fn the_event<'py>(
+    py: Python<'py>,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut event = None;
+    if nargs > 1 {
+        return Err(PyTypeError::new_err(format!(
+            "dispatch() takes 1 positional argument but {nargs} were given"
+        )));
+    }
+    if nargs == 1 {
+        // SAFETY: one positional argument.
+        event = Some(unsafe { Bound::from_borrowed_ptr(py, *args) });
+    }
+    if !kwnames.is_null() {
+        // SAFETY: `kwnames` is a live tuple of str (the vectorcall protocol).
+        let names =
+            unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
+        for (i, name) in names.iter().enumerate() {
+            let name = name.to_string();
+            if name != "event" {
+                return Err(PyTypeError::new_err(format!(
+                    "dispatch() got an unexpected keyword argument '{name}'"
+                )));
+            }
+            if event.is_some() {
+                return Err(PyTypeError::new_err(
+                    "dispatch() got multiple values for argument 'event'",
+                ));
+            }
+            // SAFETY: keyword values follow the `nargs` positional ones, one per name.
+            event = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs as usize + i)) });
+        }
+    }
+    event.ok_or_else(|| {
+        PyTypeError::new_err("dispatch() missing 1 required positional argument: 'event'")
+    })
+}
+
+struct MethodDef(ffi::PyMethodDef);
+// SAFETY: the definition is immutable static data (pointers to static C strings and a
+// function); CPython only reads it.
+unsafe impl Sync for MethodDef {}
+
+static DISPATCH: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"dispatch".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: dispatch_fastcall,
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"dispatch($self, event)\n--\n\nCall every handler of `event`; returns the number of handler calls made.".as_ptr(),
+});
+
+/// Put the fastcall `dispatch` on the Dispatcher class (called once, at module import).
+pub(crate) fn install_dispatch(py: Python<'_>) -> PyResult<()> {
+    let class = py.get_type::<Dispatcher>();
+    // SAFETY: `class` is the live Dispatcher type; DISPATCH is static, so it outlives the
+    // descriptor (CPython never writes through the pointer).
+    let descriptor = unsafe {
+        let raw = ffi::PyDescr_NewMethod(
+            class.as_type_ptr(),
+            std::ptr::addr_of!(DISPATCH.0).cast_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, raw)?
+    };
+    class.setattr(pyo3::intern!(py, "dispatch"), descriptor)
 }

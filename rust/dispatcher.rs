@@ -1,7 +1,7 @@
 //! `domainbus.rust.Dispatcher`: the Python-facing class, its options and its registry API.
 //! The dispatch loop itself lives in `dispatch.rs`; the snapshots in `registry.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -34,7 +34,27 @@ pub struct Config {
     pub nested: Nested,
 }
 
+/// `Dispatcher::flags` bits: what a single `dispatch` must know before its first handler.
+pub(crate) const QUEUE: u8 = 1;
+pub(crate) const COLLECT: u8 = 2;
+pub(crate) const UNHANDLED: u8 = 4;
+
 impl Config {
+    /// This configuration as `Dispatcher::flags` bits.
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if self.nested == Nested::Queue {
+            flags |= QUEUE;
+        }
+        if matches!(self.on_error, Policy::Collect) {
+            flags |= COLLECT;
+        }
+        if self.on_unhandled.is_some() {
+            flags |= UNHANDLED;
+        }
+        flags
+    }
+
     fn empty() -> Self {
         Self {
             on_error: Policy::Raise,
@@ -56,7 +76,16 @@ impl Config {
 pub struct Dispatcher {
     pub(crate) id: u64,
     pub(crate) config: ArcSwap<Config>,
+    /// `config` as bits (`QUEUE`, `COLLECT`, `UNHANDLED`), stored after every config change:
+    /// one plain load tells a single `dispatch` whether it may take the fast path.
+    pub(crate) flags: AtomicU8,
     pub(crate) state: ArcSwap<Snapshot>,
+    /// The resolved lists of single `dispatch` (rust/dispatch.rs `hot_regs`), valid for
+    /// registry version `hot_version`: a direct-mapped table as a list [weak reference to a
+    /// class, tuple of Planned, ...] (None when empty), filled first come, first served. A
+    /// list read under the GIL costs less than an ArcSwap load and a mutex on that path.
+    pub(crate) hot_slots: Py<PyList>,
+    pub(crate) hot_version: AtomicU64,
     /// Bumped after every published registry change; the dispatch loop polls it per event.
     pub(crate) version: AtomicU64,
     next_seq: AtomicU64,
@@ -298,12 +327,15 @@ impl Dispatcher {
     /// arguments (and call `super().__init__(**options)`), as with the pure backend.
     #[new]
     #[pyo3(signature = (*args, **kwargs))]
-    fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+    fn new(py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         let _ = (args, kwargs);
         Self {
             id: NEXT_DISPATCHER_ID.fetch_add(1, Ordering::Relaxed),
             config: ArcSwap::from_pointee(Config::empty()),
+            flags: AtomicU8::new(0),
             state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
+            hot_slots: crate::dispatch::empty_slots(py),
+            hot_version: AtomicU64::new(u64::MAX),
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
             commands: CommandRegistry::default(),
@@ -315,7 +347,9 @@ impl Dispatcher {
     #[pyo3(signature = (**options))]
     fn __init__(&self, options: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         let config = Config::parse(options)?;
+        let flags = config.flags();
         self.config.store(Arc::new(config));
+        self.flags.store(flags, Ordering::Relaxed);
         self.state
             .store(Arc::new(Snapshot::new(Registry::default())));
         self.version.fetch_add(1, Ordering::Release);
@@ -449,11 +483,6 @@ impl Dispatcher {
         .map(drop)
     }
 
-    /// Call every handler of `event`; returns the number of handler calls made.
-    fn dispatch(&self, event: &Bound<'_, PyAny>) -> PyResult<u64> {
-        self.run(event.py(), std::iter::once(Ok(event.clone())), false)
-    }
-
     /// Dispatch each event of an iterable in order; returns the total handler calls.
     fn dispatch_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<u64> {
         if let Ok(list) = events.cast_exact::<PyList>() {
@@ -525,6 +554,7 @@ impl Dispatcher {
             visit.call(callback)?;
         }
         visit.call(&config.on_unhandled)?;
+        visit.call(&self.hot_slots)?;
         self.commands.traverse(&visit)?;
         self.state.load().traverse(&visit)
     }
@@ -532,6 +562,11 @@ impl Dispatcher {
     fn __clear__(&self) {
         self.commands.clear_all();
         self.config.store(Arc::new(Config::empty()));
+        self.flags.store(0, Ordering::Relaxed);
+        self.hot_version.store(u64::MAX, Ordering::Relaxed);
+        // SAFETY: the GC calls __clear__ with the GIL held.
+        let py = unsafe { Python::assume_attached() };
+        crate::dispatch::clear_slots(self.hot_slots.bind(py));
         self.state
             .store(Arc::new(Snapshot::new(Registry::default())));
         self.version.fetch_add(1, Ordering::Release);

@@ -43,6 +43,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_class::<dispatcher::Dispatcher>()?;
     commands::install_execute(m.py())?; // Dispatcher.execute as a METH_O method
+    dispatch::install_dispatch(m.py())?; // Dispatcher.dispatch as a fastcall method
     m.add_class::<dispatcher::HandlerDecorator>()?;
     m.add_class::<registry::Registration>()?;
     m.add_class::<awaiting::AsyncDispatch>()?;
