@@ -14,8 +14,6 @@ Exit status: 0 done, 1 a handler failed or an event could not be decoded, 2 bad 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 import time
 import traceback
@@ -55,22 +53,10 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _import(spec: str) -> tuple[Any, Any]:
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise _Usage(f"expected MODULE:NAME (like myapp.views:balances), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise _Usage(f"cannot import module {module_name!r}: {exc!r}") from exc
-    target: Any = module
-    for part in attr_path.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise _Usage(f"module {module_name!r} has no attribute {attr_path!r}") from None
-    return module, target
+    """`domainbus.cli.import_target`, imported late (that module imports this one lazily)."""
+    from domainbus.cli import import_target
+
+    return import_target(spec)
 
 
 def _codec(spec: str | None, module: Any) -> EventCodec:
@@ -113,9 +99,11 @@ def _progress(total: int) -> Iterator[Callable[[int], object]]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run `domainbus replay`; returns the exit status."""
+    from domainbus.cli import UsageError  # what import_target raises
+
     try:
         return _replay(args)
-    except _Usage as exc:
+    except (_Usage, UsageError) as exc:
         print(f"domainbus replay: error: {exc}", file=sys.stderr)
         return 2
 
