@@ -402,20 +402,30 @@ impl Dispatcher {
     /// resolved list comes from `hot_slots`; the options are read when they matter (the
     /// on_error policy at a failure, on_unhandled for an unhandled event), as in the pure
     /// backend. "queue" mode (it owns the per-thread FIFO) and "collect" take the general loop.
+    ///
+    /// `slow` is set when the call left the hot path (a slot miss, a failure, a `once` claim,
+    /// on_unhandled, the general loop): only there may a `Py` value be dropped, which PyO3
+    /// defers while its attach count is zero (see `dispatch_fastcall`).
     #[inline(always)]
-    pub(crate) fn dispatch_single<'py>(&self, event: &Bound<'py, PyAny>) -> PyResult<u64> {
+    pub(crate) fn dispatch_single<'py>(
+        &self,
+        event: &Bound<'py, PyAny>,
+        slow: &mut bool,
+    ) -> PyResult<u64> {
         let py = event.py();
         let flags = self.flags.load(Ordering::Relaxed);
         if flags & (QUEUE | COLLECT) != 0 {
+            *slow = true;
             return self.run(py, std::iter::once(Ok(event.clone())), false);
         }
         let _depth = RecursionGuard::enter(py)?;
         let event_type = event.get_type();
-        let regs = self.hot_regs(&event_type)?;
+        let regs = self.hot_regs(&event_type, slow)?;
         let mut failures = None; // "collect" takes the general loop
         let mut calls = 0u64;
         if regs.is_empty() {
             if flags & UNHANDLED != 0 {
+                *slow = true;
                 let on_unhandled = self
                     .config
                     .load()
@@ -443,8 +453,11 @@ impl Dispatcher {
                 } else {
                     reg.target.bind(py)
                 };
-                if reg.once && !self.consume(py, &planned.to_owned().unbind())? {
-                    continue;
+                if reg.once {
+                    *slow = true;
+                    if !self.consume(py, &planned.to_owned().unbind())? {
+                        continue;
+                    }
                 }
                 calls += 1;
                 let failure = match unwind::call1(handler, event) {
@@ -452,6 +465,7 @@ impl Dispatcher {
                     Ok(coroutine) => reject_coroutine(handler, &coroutine),
                     Err(err) => err,
                 };
+                *slow = true;
                 let config = self.config.load_full();
                 self.handle_failure(
                     py,
@@ -474,7 +488,11 @@ impl Dispatcher {
     /// A slot holds a weak reference to its class (no reference count of the class changes),
     /// so a class collected meanwhile, or another at its address, never matches.
     #[inline(always)]
-    fn hot_regs<'py>(&self, event_type: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
+    fn hot_regs<'py>(
+        &self,
+        event_type: &Bound<'py, PyType>,
+        slow: &mut bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_type.py();
         let version = self.version.load(Ordering::Acquire);
         if self.hot_version.load(Ordering::Relaxed) == version {
@@ -496,6 +514,7 @@ impl Dispatcher {
                 }
             }
         }
+        *slow = true;
         self.hot_miss(event_type, version)
     }
 
@@ -559,18 +578,28 @@ unsafe extern "C" fn dispatch_fastcall(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // `attach`, not `assume_attached`: with PyO3's attach count at zero, the `Py` values
-    // dropped in the call (a failure's PyErr) would be queued for later instead of released.
-    Python::attach(|py| dispatch_attached(py, slf, args, nargs, kwnames))
+    // SAFETY: CPython calls a method with the GIL held by this thread.
+    let py = unsafe { Python::assume_attached() };
+    let mut slow = false;
+    let result = dispatch_body(py, slf, args, nargs, kwnames, &mut slow);
+    if slow {
+        // PyO3's attach count is zero under `assume_attached`, so a `Py` value dropped in the
+        // call (a failure's PyErr, a replaced registry) was queued, not released. Attaching
+        // releases the queue now, before the caller sees the result; the hot path (a slot
+        // hit, no failure) drops no `Py` and skips this (about 150 instructions a call).
+        Python::attach(|_| ());
+    }
+    result
 }
 
-/// The body of `dispatch_fastcall`, with the GIL (held by the caller) known to PyO3.
-fn dispatch_attached(
+/// The body of `dispatch_fastcall`; sets `slow` when it left the hot path.
+fn dispatch_body(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
+    slow: &mut bool,
 ) -> *mut ffi::PyObject {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: `slf` is a borrowed, live object the method descriptor checked is an
@@ -581,10 +610,11 @@ fn dispatch_attached(
             // SAFETY: one positional argument (just checked).
             unsafe { Bound::from_borrowed_ptr(py, *args) }
         } else {
+            *slow = true;
             // SAFETY: as above.
             unsafe { the_event(py, args, nargs, kwnames) }?
         };
-        slf.get().dispatch_single(&event)
+        slf.get().dispatch_single(&event, slow)
     }));
     match outcome {
         Ok(Ok(calls)) => {
@@ -592,10 +622,12 @@ fn dispatch_attached(
             calls.into_ptr()
         }
         Ok(Err(err)) => {
+            *slow = true;
             err.restore(py);
             std::ptr::null_mut()
         }
         Err(_) => {
+            *slow = true;
             pyo3::panic::PanicException::new_err("domainbus: dispatch panicked").restore(py);
             std::ptr::null_mut()
         }

@@ -52,6 +52,31 @@ def test_failures_do_not_leak(make_dispatcher: Any) -> None:
         assert sys.getrefcount(event) == before
 
 
+def test_a_swallowed_failure_releases_the_event_at_once(make_dispatcher: Any) -> None:
+    """An on_error callback that goes on: when `dispatch` returns, nothing of the failure (its
+    traceback holds the event) is still held, not even queued for release by the next call
+    into the extension (the Rust fast path runs without PyO3's attach count)."""
+    seen: list[str] = []
+
+    def failing(event: Any) -> None:
+        raise ValueError
+
+    def report(exc: BaseException, event: Any, handler: Any) -> None:
+        seen.append(type(exc).__name__)
+
+    d = make_dispatcher(on_error=report)
+    d.register_handler(Msg, failing)
+    d.register_handler(Msg, noop, once=True)  # a `once` claim drops a registration too
+    event = Msg()
+    before = sys.getrefcount(event)
+    assert d.dispatch(event) == 2
+    assert seen == ["ValueError"]
+    assert sys.getrefcount(event) == before, "the failure still holds the event"
+    for _ in range(100):
+        d.dispatch(event)
+    assert sys.getrefcount(event) == before
+
+
 def test_handler_referring_to_its_dispatcher_is_collected(make_dispatcher: Any) -> None:
     class Service:
         def __init__(self) -> None:
