@@ -124,6 +124,7 @@ class PostgresOutbox:
         self._held = HeldBatches()
         self._settled: list[OutboxBatch] = []
         self._listening = False
+        self._locking: OutboxBatch | None = None  # the relay batch the open transaction locks
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
 
@@ -162,7 +163,7 @@ class PostgresOutbox:
         if tx.dialect != "postgresql":
             raise TypeError(f"a PostgresOutbox cannot be bound to a {tx.dialect} handle")
         view = copy.copy(self)
-        view._tx, view._owns_connection, view._settled = tx, False, []
+        view._tx, view._owns_connection, view._settled, view._locking = tx, False, [], None
         view._rng = random.Random(os.urandom(16))
         return view
 
@@ -206,9 +207,11 @@ class PostgresOutbox:
             self._settle_held()
         self._tx.commit()
         self._settled.clear()
+        self._locking = None
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any (held batches stay held)."""
+        self._locking = None
         self._tx.rollback()
         self._held.restore(self._settled)
         self._settled.clear()
@@ -294,36 +297,69 @@ class PostgresOutbox:
             cursor.execute(sql.NOTIFY)
         return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
-    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
-        """Claim up to `limit` of the oldest free rows, in the current transaction, skipping
-        rows other relays are claiming at this moment (SKIP LOCKED).
+    claim_locks = True
+    """A relay's claim is row locks held by the open transaction (see `claim`)."""
+
+    def claim(self, limit: int, *, take_over: bool = False, after: int = 0) -> OutboxBatch | None:
+        """Lock up to `limit` of the oldest free rows in the current transaction, skipping rows
+        other relays hold (SKIP LOCKED), and open the savepoint the batch is dispatched in;
+        the rows stay claimed until that transaction ends (settle them before it commits).
 
         Free: unclaimed, or claimed by an outbox whose session is gone, or longer ago than the
         lease; with `take_over`, every row, whoever claimed it (at start-up, when no other
-        process relays this database; never from inside a handler).
-
-        In a transaction that has written nothing before the claim (a relay's first claim), the
-        commit does not wait for the WAL flush (`synchronous_commit=off` for that transaction):
-        a claim lost in a server crash only frees its rows again.
+        process relays this database; never from inside a handler). Rows with ids above
+        `after` come first (a relay resumes past its last batch); when there are none, the
+        oldest. Rows taken over from another claim lose it first, in a transaction of its own
+        (committed here), so that their unit of work no longer touches them.
         """
         cursor = self._cursor
-        cursor.execute(sql.CLAIM_ONLY_ASYNC_COMMIT)
         self._settle_held()  # this outbox's delivered rows must not be claimed again
-        claim = self._rng.getrandbits(62) + 1
-        params = {"limit": limit, "claim": claim, "owner": self._owner, "lease": self.lease}
+        params = {"limit": limit, "lease": self.lease, "after": after}
         statement = sql.CLAIM_TAKING_OVER if take_over else sql.CLAIM
-        cursor.execute(statement, params)
-        rows = sorted(cursor.fetchall())
+        while True:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+            if not rows and params["after"]:
+                params["after"] = 0  # none past the last batch: from the oldest
+                continue
+            taken = [row[0] for row in rows if row[4] is not None]
+            if not taken:
+                break
+            cursor.execute(sql.CLEAR_CLAIMS, (taken,))
+            self.commit()
+            self.begin()
         if not rows:
             return None
-        return OutboxBatch(
-            claim,
+        cursor.execute(sql.BATCH_SAVEPOINT)
+        batch = OutboxBatch(
+            0,
             [row[0] for row in rows],
-            [bytes(row[1]) for row in rows],
+            [row[1] for row in rows],
             [row[2] for row in rows],
-            in_rows=True,
             traceparents=[row[3] for row in rows],
         )
+        self._locking = batch
+        return batch
+
+    def discard_handler_writes(self, batch: OutboxBatch) -> bool:
+        """Roll back what the handlers wrote through this connection while `batch` was
+        dispatched; True if they wrote anything. A relay's batch (row locks) rolls back to its
+        savepoint, keeping the locks: written is what got the savepoint a transaction id."""
+        if batch.in_rows or self._locking is not batch:
+            if not self.in_transaction:
+                return False
+            self.rollback()
+            return True
+        if not self.in_transaction:  # a handler ended the claim's transaction: locks gone
+            self._locking = None
+            return True
+        cursor = self._cursor
+        cursor.execute(sql.WROTE)
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            return False
+        cursor.execute(sql.ROLLBACK_TO_BATCH)
+        return True
 
     def settle(
         self,
@@ -335,31 +371,80 @@ class PostgresOutbox:
     ) -> list[int]:
         """Settle a claimed batch in the current transaction (see `OutboxStore.settle`).
 
-        Only rows still carrying the batch's claim are touched: a claim that was taken over
-        (its lease ran out) belongs to the relay that took it.
+        A relay's batch is held by row locks: its rows are deleted or counted by id (locked
+        again first, skipping rows another relay took, if the locks were lost). A unit of
+        work's batch is claimed in its rows: only rows still carrying that claim are touched,
+        since a claim that was taken over belongs to the relay that took it.
         """
+        if batch.in_rows:
+            return self._settle_own_rows(batch, delivered, failed, dead)
+        cursor, ids = self._cursor, batch.ids
+        if self._locking is not batch:  # the claim's transaction ended: lock what is left
+            cursor.execute(sql.RELOCK, (ids,))
+            held = {row[0] for row in cursor.fetchall()}
+            delivered = [i for i in delivered if i in held]
+            failed = [(i, error) for i, error in failed if i in held]
+            dead = [(i, error) for i, error in dead if i in held]
+        if not failed and not dead:
+            if delivered:
+                cursor.execute(sql.DELETE, (list(delivered),))
+            if len(delivered) < len(ids):
+                cursor.execute(sql.NOTIFY)  # the rest is free again once this commits
+            return []
+        moved = self._count_failures(sql.COUNT_FAILURE, sql.DEAD_LETTER, failed, dead, ())
+        removed = [*delivered, *moved]
+        if removed:
+            cursor.execute(sql.DELETE, (removed,))
+        if len(removed) < len(ids):
+            cursor.execute(sql.NOTIFY)
+        return moved
+
+    def _settle_own_rows(
+        self,
+        batch: OutboxBatch,
+        delivered: Sequence[int],
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+    ) -> list[int]:
+        """Settle a unit of work's batch: only rows still carrying its claim are touched."""
         cursor, claim = self._cursor, batch.claim
         if not failed and not dead and len(delivered) == len(batch.ids):
             cursor.execute(sql.DELETE_OWN, (batch.ids, claim))
             return []
-        dead = list(dead)
-        for row_id, error in failed:
-            cursor.execute(sql.COUNT_OWN_FAILURE, (error, row_id, claim))
-            row = cursor.fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
-        moved = []
-        for row_id, error in dead:
-            cursor.execute(sql.DEAD_LETTER_OWN, (error, row_id, claim))
-            if cursor.rowcount:
-                moved.append(row_id)
-                logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
+        moved = self._count_failures(
+            sql.COUNT_OWN_FAILURE, sql.DEAD_LETTER_OWN, failed, dead, (claim,)
+        )
         removed = [*delivered, *moved]
         if removed:
             cursor.execute(sql.DELETE_OWN, (removed, claim))
         cursor.execute(sql.RELEASE_OWN, (batch.ids, claim))
         if cursor.rowcount:
             cursor.execute(sql.NOTIFY)
+        return moved
+
+    def _count_failures(
+        self,
+        count: str,
+        dead_letter: str,
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+        extra: tuple[object, ...],
+    ) -> list[int]:
+        """Count an attempt for each failed row; copy those at `max_attempts`, and the `dead`
+        ones, to the dead-letter table. Returns the ids copied (the caller deletes them)."""
+        cursor = self._cursor
+        dead = list(dead)
+        for row_id, error in failed:
+            cursor.execute(count, (error, row_id, *extra))
+            row = cursor.fetchone()
+            if row is not None and row[0] >= self.max_attempts:
+                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        moved = []
+        for row_id, error in dead:
+            cursor.execute(dead_letter, (error, row_id, *extra))
+            if cursor.rowcount:
+                moved.append(row_id)
+                logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
         return moved
 
     def hold(self, batch: OutboxBatch) -> None:

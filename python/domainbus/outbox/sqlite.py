@@ -266,12 +266,15 @@ class SqliteOutbox:
             cursor.executemany(sql.SET_TRACEPARENT, [(traceparent, i) for i in ids])
         return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
-    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
+    claim_locks = False
+    """A claim is a row of the claims table, committed before its batch is dispatched."""
+
+    def claim(self, limit: int, *, take_over: bool = False, after: int = 0) -> OutboxBatch | None:
         """Claim up to `limit` of the oldest free rows, in the current transaction.
 
         Claims older than the lease are void; with `take_over`, so is every claim that is not
         this outbox's (use it at start-up when no other process relays this file, never from
-        inside a handler).
+        inside a handler). `after` is ignored: the oldest free rows always come first.
         """
         cursor = self._cursor
         now = time.time()
@@ -388,6 +391,13 @@ class SqliteOutbox:
         for row_id, error in dead:
             self._cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
             logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
+
+    def discard_handler_writes(self, batch: OutboxBatch) -> bool:
+        """Roll back the transaction the handlers' writes opened, if any (True then)."""
+        if not self.in_transaction:
+            return False
+        self.rollback()
+        return True
 
     def hold(self, batch: OutboxBatch) -> None:
         """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
