@@ -24,41 +24,23 @@ losing it only frees those rows again.
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
-import random
-import threading
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import domainbus.outbox.postgres_schema as sql
+from domainbus.outbox.base import OutboxBase
 from domainbus.outbox.postgres_schema import SYNCHRONOUS_COMMIT_LEVELS, SynchronousCommit
-from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
-from domainbus.outbox.relay import relay as relay_batches
-from domainbus.outbox.relay import relay_async as relay_batches_async
-from domainbus.outbox.serve import serve
-from domainbus.outbox.store import (
-    DeadLetter,
-    HeldBatches,
-    Outbox,
-    OutboxBatch,
-    OutboxError,
-    RelayResult,
-    check_age,
-    check_codec,
-    check_payloads,
-    check_settings,
-)
-from domainbus.transactions import PsycopgTransaction, Transaction, transaction_for
+from domainbus.outbox.store import Outbox, OutboxBatch, OutboxError, check_payloads
+from domainbus.transactions import PsycopgTransaction
 
 __all__ = ["PostgresOutbox"]
 
 logger = logging.getLogger("domainbus.outbox")
 
 
-class PostgresOutbox:
+class PostgresOutbox(OutboxBase):
     """Outbox, relay and idempotency records in one PostgreSQL database.
 
     `target`: a libpq connection string or URL ("postgresql://user@host/db"; a SQLAlchemy URL
@@ -87,8 +69,7 @@ class PostgresOutbox:
     ) -> None:
         import psycopg
 
-        check_codec(codec)
-        check_settings(lease, max_attempts)
+        self._check(codec, lease, max_attempts)
         if synchronous_commit not in SYNCHRONOUS_COMMIT_LEVELS:
             raise ValueError(
                 f"synchronous_commit must be one of {SYNCHRONOUS_COMMIT_LEVELS}, "
@@ -104,31 +85,23 @@ class PostgresOutbox:
                 "target must be a connection string or a psycopg Connection, "
                 f"not {type(target).__qualname__}"
             )
-        self._rng = random.Random(os.urandom(16))
-        self._owner = self._rng.getrandbits(62) + 1
         try:
-            self._tx: Transaction = PsycopgTransaction(connection)
-            if self._tx.in_transaction:
+            tx = PsycopgTransaction(connection)
+            if tx.in_transaction:
                 raise OutboxError(
                     "the connection has an open transaction: commit it before opening the outbox"
                 )
-            self._set_up(connection, synchronous_commit)
+            self._set_up(tx, codec, lease, max_attempts)
+            self._owner = self._rng.getrandbits(62) + 1
+            self._prepare(connection, synchronous_commit)
         except BaseException:
             if self._owns_connection:
                 connection.close()
             raise
         self._own_connection = connection
-        self.codec = codec
-        self.lease = float(lease)
-        self.max_attempts = max_attempts
-        self._held = HeldBatches()
-        self._settled: list[OutboxBatch] = []
         self._listening = False
-        self._locking: OutboxBatch | None = None  # the relay batch the open transaction locks
-        self.encode: Callable[[Any], bytes] = codec.encode
-        self.decode: Callable[[bytes], Any] = codec.decode
 
-    def _set_up(self, connection: Any, synchronous_commit: str) -> None:
+    def _prepare(self, connection: Any, synchronous_commit: str) -> None:
         """synchronous_commit, the owner's advisory lock, the tables; leaves the connection idle."""
         cursor = connection.cursor()
         try:
@@ -153,68 +126,13 @@ class PostgresOutbox:
 
     # -- connection and transactions -------------------------------------------------------
 
-    def bind(self, handle: object) -> PostgresOutbox:
-        """This outbox seen through `handle` (a SQLAlchemy Session or Connection on the
-        postgresql+psycopg driver, or another psycopg connection to the same database): its
-        reads and writes go through the handle's transactions. The view shares this outbox's
-        codec, settings, owner (claims stay live while this outbox's connection is open) and
-        deferred deletes."""
-        tx = transaction_for(handle)
-        if tx.dialect != "postgresql":
-            raise TypeError(f"a PostgresOutbox cannot be bound to a {tx.dialect} handle")
-        view = copy.copy(self)
-        view._tx, view._owns_connection, view._settled, view._locking = tx, False, [], None
-        view._rng = random.Random(os.urandom(16))
-        return view
-
-    @property
-    def _cursor(self) -> Any:
-        return self._tx.cursor()
-
-    @property
-    def connection(self) -> Any:
-        """The DB-API connection of this outbox's (or view's) current transaction."""
-        return self._cursor.connection
-
-    @property
-    def handle(self) -> object:
-        """What this outbox's transactions run on: its connection, or the handle it is bound to."""
-        return self._tx.user_handle
-
-    @property
-    def dialect(self) -> str:
-        return "postgresql"
-
-    def cursor(self) -> Any:
-        """The DB-API cursor of this outbox's transaction (as `Transaction.cursor`)."""
-        return self._cursor
+    _sql = sql
+    dialect = "postgresql"
 
     @property
     def synchronous_commit(self) -> str:
         """The outbox connection's `synchronous_commit` setting, read from the server."""
         return str(self._read(sql.SHOW_SYNCHRONOUS_COMMIT)[0][0])
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._tx.in_transaction
-
-    def begin(self) -> None:
-        self._tx.begin()
-
-    def commit(self) -> None:
-        """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
-        if self._held:
-            self._settle_held()
-        self._tx.commit()
-        self._settled.clear()
-        self._locking = None
-
-    def rollback(self) -> None:
-        """Roll back the open transaction, if any (held batches stay held)."""
-        self._locking = None
-        self._tx.rollback()
-        self._held.restore(self._settled)
-        self._settled.clear()
 
     def _settle_held(self) -> None:
         held = self._held.take()
@@ -225,41 +143,6 @@ class PostgresOutbox:
                 cursor.execute(sql.DELETE_OWN_ONE, (batch.ids[0], batch.claim))
             else:
                 cursor.execute(sql.DELETE_OWN, (batch.ids, batch.claim))
-
-    def flush(self) -> None:
-        """Delete the rows of delivered batches now instead of with the next commit."""
-        if self._held:
-            self.begin()
-            try:
-                self.commit()
-            except BaseException:
-                self.rollback()
-                raise
-
-    def close(self) -> None:
-        """Flush, then close the connection if the outbox opened it (its claims end with it)."""
-        try:
-            self.flush()
-        finally:
-            if self._owns_connection:
-                self._own_connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _read(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
-        """Rows of a read, leaving the connection as idle as it was (psycopg with autocommit
-        off, and a SQLAlchemy session, begin a transaction at the first statement)."""
-        idle = not self.in_transaction
-        cursor = self._cursor
-        cursor.execute(statement, params)
-        rows: list[Any] = cursor.fetchall()
-        if idle and self.in_transaction:
-            self._tx.commit()
-        return rows
 
     # -- writing and claiming --------------------------------------------------------------
 
@@ -346,10 +229,7 @@ class PostgresOutbox:
         dispatched; True if they wrote anything. A relay's batch (row locks) rolls back to its
         savepoint, keeping the locks: written is what got the savepoint a transaction id."""
         if batch.in_rows or self._locking is not batch:
-            if not self.in_transaction:
-                return False
-            self.rollback()
-            return True
+            return super().discard_handler_writes(batch)
         if not self.in_transaction:  # a handler ended the claim's transaction: locks gone
             self._locking = None
             return True
@@ -447,33 +327,7 @@ class PostgresOutbox:
                 logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
         return moved
 
-    def hold(self, batch: OutboxBatch) -> None:
-        """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
-        self._held.add(batch)
-
-    # -- relaying --------------------------------------------------------------------------
-
-    def relay(
-        self, dispatcher: BatchDispatcher, batch_size: int = 1000, *, take_over: bool = False
-    ) -> RelayResult:
-        """Deliver every free row, oldest first, in batches, with `dispatch_batch`.
-
-        Any number of processes may relay at once. See `domainbus.outbox.relay` for failures.
-        """
-        return relay_batches(self, dispatcher, batch_size=batch_size, take_over=take_over)
-
-    async def relay_async(
-        self,
-        dispatcher: AsyncBatchDispatcher,
-        batch_size: int = 1000,
-        *,
-        take_over: bool = False,
-        concurrent: bool = False,
-    ) -> RelayResult:
-        """`relay` with `dispatch_batch_async`, for coroutine handlers (see `relay_async`)."""
-        return await relay_batches_async(
-            self, dispatcher, batch_size=batch_size, take_over=take_over, concurrent=concurrent
-        )
+    # -- relaying (`relay`, `relay_async`, `serve`: `OutboxBase`) ----------------------------
 
     def wait(self, timeout: float) -> bool:
         """Block until a commit announces free rows (NOTIFY) or `timeout` seconds pass; True
@@ -495,102 +349,16 @@ class PostgresOutbox:
                 pass
         return notified
 
-    def serve(
-        self,
-        dispatcher: BatchDispatcher,
-        batch_size: int = 1000,
-        *,
-        poll_interval: float = 1.0,
-        stop: threading.Event | None = None,
-    ) -> RelayResult:
-        """Relay whenever rows may be free, until `stop` is set (see `domainbus.outbox.serve`)."""
-        return serve(
-            self, dispatcher, batch_size=batch_size, poll_interval=poll_interval, stop=stop
-        )
+    # -- what differs from SQLite's ----------------------------------------------------------
 
-    # -- idempotency -----------------------------------------------------------------------
+    def _processed_params(self, key: str, event_id: uuid.UUID) -> tuple[object, ...]:
+        return (key, event_id)
 
-    def run_once(self, key: str, event_id: uuid.UUID, call: Callable[[], object]) -> bool:
-        """Run `call()` unless (key, event_id) is recorded, recording it in the same transaction.
+    def _prune_params(self, seconds: float) -> tuple[object, ...]:
+        return (seconds,)
 
-        A transaction of its own, or a savepoint inside the caller's: what `call` writes
-        through this connection commits or rolls back with the record.
-        """
-        if not isinstance(event_id, uuid.UUID):
-            raise TypeError(f"event_id must be a uuid.UUID, not {type(event_id).__qualname__}")
-        nested = self.in_transaction
-        if nested:
-            self._cursor.execute("SAVEPOINT domainbus_once")
-        else:
-            self._tx.begin()
-        try:
-            cursor = self._cursor
-            cursor.execute(sql.MARK_PROCESSED, (key, event_id))
-            first_time = bool(cursor.rowcount == 1)
-            if first_time:
-                call()
-        except BaseException:
-            if nested:
-                if self.in_transaction:
-                    self._cursor.execute("ROLLBACK TO SAVEPOINT domainbus_once")
-                    self._cursor.execute("RELEASE SAVEPOINT domainbus_once")
-            else:
-                self._tx.rollback()
-            raise
-        if nested:
-            if self.in_transaction:  # unless `call` ended the transaction itself
-                self._cursor.execute("RELEASE SAVEPOINT domainbus_once")
-        elif self.in_transaction:
-            self._tx.commit()
-        return first_time
-
-    def prune_processed(self, older_than: float) -> int:
-        """Forget the idempotency records of events handled more than `older_than` seconds ago;
-        returns how many went. Keep them longer than an event can take to be redelivered (the
-        lease, plus however long a relay may be down), or a late redelivery runs again."""
-        seconds = check_age(older_than)
-        self.begin()
-        try:
-            cursor = self._cursor
-            cursor.execute(sql.PRUNE_PROCESSED, (seconds,))
-            removed = int(cursor.rowcount)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
-        return removed
-
-    # -- inspection and repair -------------------------------------------------------------
-
-    def pending(self) -> int:
-        """Rows not yet delivered (claimed or free)."""
-        return int(self._read(sql.COUNT_PENDING)[0][0])
-
-    def dead_letters(self) -> list[DeadLetter]:
-        """The dead-letter table, oldest first."""
-        return [
-            DeadLetter(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
-            for row in self._read(sql.LIST_DEAD_LETTERS)
-        ]
-
-    def requeue(self, dead_letter_ids: Sequence[int]) -> int:
-        """Move dead letters back into the outbox (as new rows); returns how many moved."""
-        moved = 0
-        self.begin()
-        try:
-            cursor = self._cursor
-            for dead_id in dead_letter_ids:
-                cursor.execute(sql.REQUEUE, (dead_id,))
-                if cursor.rowcount:
-                    cursor.execute(sql.DELETE_DEAD_LETTER, (dead_id,))
-                    moved += 1
-            if moved:
-                cursor.execute(sql.NOTIFY)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
-        return moved
+    def _announce(self) -> None:
+        self._cursor.execute(sql.NOTIFY)
 
 
 def _libpq_conninfo(target: str) -> str:
