@@ -186,6 +186,23 @@ class OutboxBase:
         self.rollback()
         return True
 
+    def _count_attempts(
+        self,
+        count: str,
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+        extra: tuple[object, ...],
+    ) -> list[tuple[int, str]]:
+        """Count an attempt for each failed row (`count` returns its attempts); returns `dead`
+        and the rows that reached `max_attempts`: what goes to the dead-letter table."""
+        cursor = self._cursor
+        dead = list(dead)
+        for row_id, error in failed:
+            row = cursor.execute(count, (error, row_id, *extra)).fetchone()
+            if row is not None and row[0] >= self.max_attempts:
+                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        return dead
+
     def hold(self, batch: OutboxBatch) -> None:
         """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
         self._held.add(batch)

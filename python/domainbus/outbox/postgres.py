@@ -313,14 +313,8 @@ class PostgresOutbox(OutboxBase):
         """Count an attempt for each failed row; copy those at `max_attempts`, and the `dead`
         ones, to the dead-letter table. Returns the ids copied (the caller deletes them)."""
         cursor = self._cursor
-        dead = list(dead)
-        for row_id, error in failed:
-            cursor.execute(count, (error, row_id, *extra))
-            row = cursor.fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
         moved = []
-        for row_id, error in dead:
+        for row_id, error in self._count_attempts(count, failed, dead, extra):
             cursor.execute(dead_letter, (error, row_id, *extra))
             if cursor.rowcount:
                 moved.append(row_id)

@@ -262,12 +262,7 @@ class SqliteOutbox(OutboxBase):
     ) -> list[tuple[int, str]]:
         """Count an attempt for each failed row; dead-letter those at `max_attempts`, and the
         `dead` ones. Returns every (row id, error) dead-lettered (the caller deletes them)."""
-        cursor = self._cursor
-        dead = list(dead)
-        for row_id, error in failed:
-            row = cursor.execute(statement, (error, row_id, *extra)).fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        dead = self._count_attempts(statement, failed, dead, extra)
         self._dead_letter(dead)
         return dead
 
