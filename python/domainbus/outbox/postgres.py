@@ -157,17 +157,21 @@ class PostgresOutbox(OutboxBase):
         owner = self._owner if claimed else None
         held = self._held.take() if self._held else None
         deleting: tuple[object, ...] = ()
+        one, many = sql.INSERT_ONE, sql.INSERT_MANY
         if held:  # delete delivered batches in the same statement: no extra round trip
             self._settled += held
-            deleting = ([i for batch in held for i in batch.ids], [b.claim for b in held])
+            if len(held) == 1 and len(held[0].ids) == 1:  # the common case: no arrays to parse
+                deleting = (held[0].ids[0], held[0].claim)
+                one, many = sql.INSERT_ONE_DELETING_ONE, sql.INSERT_MANY_DELETING_ONE
+            else:
+                deleting = ([i for batch in held for i in batch.ids], [b.claim for b in held])
+                one, many = sql.INSERT_ONE_DELETING, sql.INSERT_MANY_DELETING
         try:
             if len(payloads) == 1:
-                statement = sql.INSERT_ONE_DELETING if held else sql.INSERT_ONE
-                cursor.execute(statement, (*deleting, payloads[0], claim, owner, claimed))
+                cursor.execute(one, (*deleting, payloads[0], claim, owner, claimed))
                 ids = [cursor.fetchone()[0]]
             else:
-                statement = sql.INSERT_MANY_DELETING if held else sql.INSERT_MANY
-                cursor.execute(statement, (*deleting, claim, owner, claimed, list(payloads)))
+                cursor.execute(many, (*deleting, claim, owner, claimed, list(payloads)))
                 ids = sorted(row[0] for row in cursor.fetchall())
         except BaseException:
             if held:  # not deleted: held again (the caller rolls back)

@@ -76,6 +76,11 @@ _DELETE_HELD = (
 )
 INSERT_ONE_DELETING = _DELETE_HELD + INSERT_ONE
 INSERT_MANY_DELETING = _DELETE_HELD + INSERT_MANY
+# One held row (a unit of work of one event): plain parameters, several times cheaper for the
+# server than an array of one.
+_DELETE_HELD_ONE = "WITH delivered AS (DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s) "
+INSERT_ONE_DELETING_ONE = _DELETE_HELD_ONE + INSERT_ONE
+INSERT_MANY_DELETING_ONE = _DELETE_HELD_ONE + INSERT_MANY
 # Owners whose session still holds its advisory lock (a bigint key: classid high, objid low).
 _LIVE_OWNERS = (
     "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
