@@ -466,6 +466,37 @@ def test_failure_rolls_back_handler_writes_and_releases_the_batch(
     assert db.count("SELECT count(*) FROM seen") == 4  # committed with the delivery
 
 
+def test_a_failing_batch_whose_handlers_wrote_counts_its_attempt(
+    backend: ModuleType, pg: Db
+) -> None:
+    """PostgreSQL: the handlers' writes are rolled back to the batch's savepoint while its rows
+    stay locked (another relay meanwhile finds nothing), and the failing row's attempt counts."""
+    db = pg
+    connection = db.connect()
+    outbox = db.open(connection)
+    other = db.open()
+    db.execute("CREATE TABLE seen (n INTEGER)")
+    store_free(outbox, [Registered(n=n) for n in range(3)])
+    dispatcher = backend.Dispatcher()
+    insert = db.sql("INSERT INTO seen VALUES (?)")
+    meanwhile: list[RelayResult] = []
+
+    def handler(event: Registered) -> None:
+        connection.execute(insert, (event.n,))
+        if event.n == 1:
+            meanwhile.append(other.relay(backend.Dispatcher()))
+            raise RuntimeError("second fails")
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(RuntimeError, match="second fails"):
+        outbox.relay(dispatcher)
+    assert meanwhile == [RelayResult()]
+    assert db.count("SELECT count(*) FROM seen") == 0
+    assert outbox.pending() == 3
+    assert db.rows("SELECT id, attempts FROM domainbus_outbox ORDER BY id")[1][1] == 1
+    assert db.count("SELECT sum(attempts) FROM domainbus_outbox") == 1
+
+
 def test_collect_mode_counts_each_failing_row(backend: ModuleType, outbox: Outbox, db: Db) -> None:
     store_free(outbox, [Registered(n=n) for n in range(5)])
     dispatcher = backend.Dispatcher(on_error="collect")

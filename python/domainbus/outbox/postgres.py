@@ -2,24 +2,38 @@
 
 The same public API as `SqliteOutbox` (`domainbus.outbox.store.Outbox`): a unit of work stores
 its events in the user's transaction, already claimed, and delivers them itself after the
-commit; `relay()` delivers what is left. Relays claim with `SELECT ... FOR UPDATE SKIP LOCKED`,
-so any number of relay processes share the backlog without waiting on each other and without
-claiming a row twice. The claim is written into the rows (the row locks end when the claim
-commits, before the dispatch) with the claiming outbox's owner number; each outbox holds a
-session-level advisory lock on that number, so the rows of a process that died are free at
-once, and a claim older than `lease` is free too (for a host that vanished without closing its
-connection).
+commit; `relay()` delivers what is left.
+
+Two kinds of claim. A unit of work's is written into its rows (it dispatches after its commit)
+with the outbox's owner number; each outbox holds a session-level advisory lock on that number,
+so the rows of a process that died are free at once, and a claim older than `lease` is free
+too (for a host that vanished without closing its connection). A relay's claim is row locks:
+one transaction per batch locks the rows (`SELECT ... FOR UPDATE SKIP LOCKED`), dispatches
+them in a savepoint, deletes those delivered and commits; other relays skip the locked rows,
+so any number of relay processes share the backlog without waiting on each other or
+delivering a row twice, and a relay that crashes or loses its connection frees its batch as
+its transaction aborts. While a batch is dispatched:
+
+- what the handlers write through the outbox's connection (an `idempotent` handler's record
+  included) commits with the batch's deletion; after a failure it is rolled back to the
+  savepoint, and the rows stay locked while the failure is counted;
+- handlers must not commit or roll back the outbox's connection (that would end the claim;
+  the batch is then settled as well as can be, at least once), nor write the batch's outbox
+  rows through another connection (it would wait for the relay's locks: a deadlock);
+- the transaction stays open as long as the dispatch takes: keep `batch_size` times a
+  handler's time short (seconds, not minutes). A long-open transaction holds back vacuum, and
+  a server's `idle_in_transaction_session_timeout` shorter than a batch aborts it (the batch
+  is then delivered again).
 
 Rows that become free (stored free, released after a failure, requeued) are announced with
 `NOTIFY domainbus_outbox` in their transaction; `wait()` and `serve()` listen for it, so a relay
-wakes milliseconds after the commit, polling as the fallback.
+wakes milliseconds after the commit, polling as the fallback (rows freed by a relay that died
+are found by the next poll).
 
 Durability: `synchronous_commit` is set explicitly on the outbox's connection, "on" by default
 (a commit returns once its WAL is flushed: a crash of the server loses nothing committed).
 "off" returns before the flush: a server crash can lose the last few hundred milliseconds of
-commits (rows and events together, never one without the other). The one exception is a
-transaction that only claims rows (a relay's first claim): it commits without waiting, since
-losing it only frees those rows again.
+commits (rows and events together, never one without the other).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The outbox's tables and statements in PostgreSQL (psycopg's `%s` parameters).
 
-- `domainbus_outbox`: one row per undelivered event. Every claim is written into its rows
-  (`claim`, a random number per batch; `owner`, the outbox that claimed it; `claimed_at`), since
-  a relay commits its claim before dispatching and the row locks of `FOR UPDATE SKIP LOCKED`
-  end with that commit. A claimed row is free again when its claim is older than the lease or
-  when its owner's session is gone: each outbox holds a session-level advisory lock keyed by
-  its owner number, so a killed process frees its rows at once.
+- `domainbus_outbox`: one row per undelivered event. A unit of work's claim is written into
+  its rows (`claim`, a random number per batch; `owner`, the outbox that claimed it;
+  `claimed_at`), since it dispatches after its commit. Such a row is free again when its claim
+  is older than the lease or when its owner's session is gone: each outbox holds a
+  session-level advisory lock keyed by its owner number, so a killed process frees its rows at
+  once. A relay's claim is the row locks of `FOR UPDATE SKIP LOCKED`, held by the transaction
+  that dispatches and deletes the batch: nothing is written to claim.
 - `domainbus_dead_letters`, `domainbus_processed`: as in SQLite (`domainbus.outbox.schema`).
 
 Times are the server's, in seconds since the epoch.
