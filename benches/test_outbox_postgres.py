@@ -102,7 +102,7 @@ RESULTS = Results()
 
 class Report:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not (RESULTS.medians or RESULTS.lines):
+        if not (RESULTS.medians or RESULTS.paired or RESULTS.lines):
             return
         write = terminalreporter.write_line
         terminalreporter.section("PostgreSQL outbox ratios, domainbus / floor (this run)")

@@ -466,6 +466,37 @@ def test_failure_rolls_back_handler_writes_and_releases_the_batch(
     assert db.count("SELECT count(*) FROM seen") == 4  # committed with the delivery
 
 
+def test_a_failing_batch_whose_handlers_wrote_counts_its_attempt(
+    backend: ModuleType, pg: Db
+) -> None:
+    """PostgreSQL: the handlers' writes are rolled back to the batch's savepoint while its rows
+    stay locked (another relay meanwhile finds nothing), and the failing row's attempt counts."""
+    db = pg
+    connection = db.connect()
+    outbox = db.open(connection)
+    other = db.open()
+    db.execute("CREATE TABLE seen (n INTEGER)")
+    store_free(outbox, [Registered(n=n) for n in range(3)])
+    dispatcher = backend.Dispatcher()
+    insert = db.sql("INSERT INTO seen VALUES (?)")
+    meanwhile: list[RelayResult] = []
+
+    def handler(event: Registered) -> None:
+        connection.execute(insert, (event.n,))
+        if event.n == 1:
+            meanwhile.append(other.relay(backend.Dispatcher()))
+            raise RuntimeError("second fails")
+
+    dispatcher.register_handler(Registered, handler)
+    with pytest.raises(RuntimeError, match="second fails"):
+        outbox.relay(dispatcher)
+    assert meanwhile == [RelayResult()]
+    assert db.count("SELECT count(*) FROM seen") == 0
+    assert outbox.pending() == 3
+    assert db.rows("SELECT id, attempts FROM domainbus_outbox ORDER BY id")[1][1] == 1
+    assert db.count("SELECT sum(attempts) FROM domainbus_outbox") == 1
+
+
 def test_collect_mode_counts_each_failing_row(backend: ModuleType, outbox: Outbox, db: Db) -> None:
     store_free(outbox, [Registered(n=n) for n in range(5)])
     dispatcher = backend.Dispatcher(on_error="collect")
@@ -916,7 +947,10 @@ def test_killed_during_relay(backend: ModuleType, outbox: Outbox, db: Db, tmp_pa
         """,
     )
     killed(db, child)
-    assert db.count("SELECT count(*) FROM handled") == kill_at - 1
+    # SQLite commits each idempotent run on its own (the claim committed before the dispatch);
+    # PostgreSQL runs a batch in the claim's transaction: the fourth batch's runs died with it.
+    handled = kill_at - 1 if db.kind == "sqlite" else 30
+    assert db.count("SELECT count(*) FROM handled") == handled
     assert outbox.pending() == total - 30  # three batches settled, the fourth was claimed
     dispatcher = backend.Dispatcher()
     dispatcher.register_handler(Registered, exactly_once_handler(outbox, db))

@@ -1,9 +1,9 @@
 """What becomes of a claimed batch when a handler raises: the one policy of the unit of work and
 the relay.
 
-- If the handlers wrote through the store's connection (a transaction is open), those writes
-  are rolled back and the whole batch goes back to the outbox: the handlers' writes and the
-  delivery records stay consistent.
+- If the handlers wrote through the store's connection (the store's
+  `discard_handler_writes` says so), those writes are rolled back and the whole batch goes
+  back to the outbox: the handlers' writes and the delivery records stay consistent.
 - Otherwise the events dispatched before the failure (and not failing themselves) are settled
   as delivered.
 - Each failing row counts one attempt, unless its exception is not an `Exception`
@@ -49,20 +49,20 @@ def settle_after_failure(
     transaction; `follow_ups` (events the handlers recorded before the failure) are stored
     free in it too, unless the handlers' writes are rolled back. Raises if the store fails."""
     failing = {index for index, _ in failures}
-    rolled_back = store.in_transaction
-    if rolled_back:
-        store.rollback()
-        delivered: list[int] = []
-        follow_ups = ()
-    else:
-        delivered = [row for index, row in enumerate(ids[:dispatched]) if index not in failing]
     failed = [
         (ids[index], describe_error(exc))
         for index, exc in failures
         if index >= 0 and isinstance(exc, Exception)
     ]
-    store.begin()
     try:
+        rolled_back = store.discard_handler_writes(batch)
+        if rolled_back:
+            delivered: list[int] = []
+            follow_ups = ()
+        else:
+            delivered = [row for index, row in enumerate(ids[:dispatched]) if index not in failing]
+        if not store.in_transaction:  # still open: a claim that holds row locks
+            store.begin()
         moved = store.settle(batch, delivered=delivered, failed=failed, dead=dead)
         if follow_ups:
             store.append(follow_ups, claimed=False)

@@ -2,63 +2,59 @@
 
 The same public API as `SqliteOutbox` (`domainbus.outbox.store.Outbox`): a unit of work stores
 its events in the user's transaction, already claimed, and delivers them itself after the
-commit; `relay()` delivers what is left. Relays claim with `SELECT ... FOR UPDATE SKIP LOCKED`,
-so any number of relay processes share the backlog without waiting on each other and without
-claiming a row twice. The claim is written into the rows (the row locks end when the claim
-commits, before the dispatch) with the claiming outbox's owner number; each outbox holds a
-session-level advisory lock on that number, so the rows of a process that died are free at
-once, and a claim older than `lease` is free too (for a host that vanished without closing its
-connection).
+commit; `relay()` delivers what is left.
+
+Two kinds of claim. A unit of work's is written into its rows (it dispatches after its commit)
+with the outbox's owner number; each outbox holds a session-level advisory lock on that number,
+so the rows of a process that died are free at once, and a claim older than `lease` is free
+too (for a host that vanished without closing its connection). A relay's claim is row locks:
+one transaction per batch locks the rows (`SELECT ... FOR UPDATE SKIP LOCKED`), dispatches
+them in a savepoint, deletes those delivered and commits; other relays skip the locked rows,
+so any number of relay processes share the backlog without waiting on each other or
+delivering a row twice, and a relay that crashes or loses its connection frees its batch as
+its transaction aborts. While a batch is dispatched:
+
+- what the handlers write through the outbox's connection (an `idempotent` handler's record
+  included) commits with the batch's deletion; after a failure it is rolled back to the
+  savepoint, and the rows stay locked while the failure is counted;
+- handlers must not commit or roll back the outbox's connection (that would end the claim;
+  the batch is then settled as well as can be, at least once), nor write the batch's outbox
+  rows through another connection (it would wait for the relay's locks: a deadlock);
+- the transaction stays open as long as the dispatch takes: keep `batch_size` times a
+  handler's time short (seconds, not minutes). A long-open transaction holds back vacuum, and
+  a server's `idle_in_transaction_session_timeout` shorter than a batch aborts it (the batch
+  is then delivered again).
 
 Rows that become free (stored free, released after a failure, requeued) are announced with
 `NOTIFY domainbus_outbox` in their transaction; `wait()` and `serve()` listen for it, so a relay
-wakes milliseconds after the commit, polling as the fallback.
+wakes milliseconds after the commit, polling as the fallback (rows freed by a relay that died
+are found by the next poll).
 
 Durability: `synchronous_commit` is set explicitly on the outbox's connection, "on" by default
 (a commit returns once its WAL is flushed: a crash of the server loses nothing committed).
 "off" returns before the flush: a server crash can lose the last few hundred milliseconds of
-commits (rows and events together, never one without the other). The one exception is a
-transaction that only claims rows (a relay's first claim): it commits without waiting, since
-losing it only frees those rows again.
+commits (rows and events together, never one without the other).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
-import random
-import threading
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import domainbus.outbox.postgres_schema as sql
+from domainbus.outbox.base import OutboxBase
 from domainbus.outbox.postgres_schema import SYNCHRONOUS_COMMIT_LEVELS, SynchronousCommit
-from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
-from domainbus.outbox.relay import relay as relay_batches
-from domainbus.outbox.relay import relay_async as relay_batches_async
-from domainbus.outbox.serve import serve
-from domainbus.outbox.store import (
-    DeadLetter,
-    HeldBatches,
-    Outbox,
-    OutboxBatch,
-    OutboxError,
-    RelayResult,
-    check_age,
-    check_codec,
-    check_payloads,
-    check_settings,
-)
-from domainbus.transactions import PsycopgTransaction, Transaction, transaction_for
+from domainbus.outbox.store import Outbox, OutboxBatch, OutboxError, check_payloads
+from domainbus.transactions import PsycopgTransaction
 
 __all__ = ["PostgresOutbox"]
 
 logger = logging.getLogger("domainbus.outbox")
 
 
-class PostgresOutbox:
+class PostgresOutbox(OutboxBase):
     """Outbox, relay and idempotency records in one PostgreSQL database.
 
     `target`: a libpq connection string or URL ("postgresql://user@host/db"; a SQLAlchemy URL
@@ -87,8 +83,7 @@ class PostgresOutbox:
     ) -> None:
         import psycopg
 
-        check_codec(codec)
-        check_settings(lease, max_attempts)
+        self._check(codec, lease, max_attempts)
         if synchronous_commit not in SYNCHRONOUS_COMMIT_LEVELS:
             raise ValueError(
                 f"synchronous_commit must be one of {SYNCHRONOUS_COMMIT_LEVELS}, "
@@ -104,30 +99,23 @@ class PostgresOutbox:
                 "target must be a connection string or a psycopg Connection, "
                 f"not {type(target).__qualname__}"
             )
-        self._rng = random.Random(os.urandom(16))
-        self._owner = self._rng.getrandbits(62) + 1
         try:
-            self._tx: Transaction = PsycopgTransaction(connection)
-            if self._tx.in_transaction:
+            tx = PsycopgTransaction(connection)
+            if tx.in_transaction:
                 raise OutboxError(
                     "the connection has an open transaction: commit it before opening the outbox"
                 )
-            self._set_up(connection, synchronous_commit)
+            self._set_up(tx, codec, lease, max_attempts)
+            self._owner = self._rng.getrandbits(62) + 1
+            self._prepare(connection, synchronous_commit)
         except BaseException:
             if self._owns_connection:
                 connection.close()
             raise
         self._own_connection = connection
-        self.codec = codec
-        self.lease = float(lease)
-        self.max_attempts = max_attempts
-        self._held = HeldBatches()
-        self._settled: list[OutboxBatch] = []
         self._listening = False
-        self.encode: Callable[[Any], bytes] = codec.encode
-        self.decode: Callable[[bytes], Any] = codec.decode
 
-    def _set_up(self, connection: Any, synchronous_commit: str) -> None:
+    def _prepare(self, connection: Any, synchronous_commit: str) -> None:
         """synchronous_commit, the owner's advisory lock, the tables; leaves the connection idle."""
         cursor = connection.cursor()
         try:
@@ -152,66 +140,13 @@ class PostgresOutbox:
 
     # -- connection and transactions -------------------------------------------------------
 
-    def bind(self, handle: object) -> PostgresOutbox:
-        """This outbox seen through `handle` (a SQLAlchemy Session or Connection on the
-        postgresql+psycopg driver, or another psycopg connection to the same database): its
-        reads and writes go through the handle's transactions. The view shares this outbox's
-        codec, settings, owner (claims stay live while this outbox's connection is open) and
-        deferred deletes."""
-        tx = transaction_for(handle)
-        if tx.dialect != "postgresql":
-            raise TypeError(f"a PostgresOutbox cannot be bound to a {tx.dialect} handle")
-        view = copy.copy(self)
-        view._tx, view._owns_connection, view._settled = tx, False, []
-        view._rng = random.Random(os.urandom(16))
-        return view
-
-    @property
-    def _cursor(self) -> Any:
-        return self._tx.cursor()
-
-    @property
-    def connection(self) -> Any:
-        """The DB-API connection of this outbox's (or view's) current transaction."""
-        return self._cursor.connection
-
-    @property
-    def handle(self) -> object:
-        """What this outbox's transactions run on: its connection, or the handle it is bound to."""
-        return self._tx.user_handle
-
-    @property
-    def dialect(self) -> str:
-        return "postgresql"
-
-    def cursor(self) -> Any:
-        """The DB-API cursor of this outbox's transaction (as `Transaction.cursor`)."""
-        return self._cursor
+    _sql = sql
+    dialect = "postgresql"
 
     @property
     def synchronous_commit(self) -> str:
         """The outbox connection's `synchronous_commit` setting, read from the server."""
         return str(self._read(sql.SHOW_SYNCHRONOUS_COMMIT)[0][0])
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._tx.in_transaction
-
-    def begin(self) -> None:
-        self._tx.begin()
-
-    def commit(self) -> None:
-        """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
-        if self._held:
-            self._settle_held()
-        self._tx.commit()
-        self._settled.clear()
-
-    def rollback(self) -> None:
-        """Roll back the open transaction, if any (held batches stay held)."""
-        self._tx.rollback()
-        self._held.restore(self._settled)
-        self._settled.clear()
 
     def _settle_held(self) -> None:
         held = self._held.take()
@@ -222,41 +157,6 @@ class PostgresOutbox:
                 cursor.execute(sql.DELETE_OWN_ONE, (batch.ids[0], batch.claim))
             else:
                 cursor.execute(sql.DELETE_OWN, (batch.ids, batch.claim))
-
-    def flush(self) -> None:
-        """Delete the rows of delivered batches now instead of with the next commit."""
-        if self._held:
-            self.begin()
-            try:
-                self.commit()
-            except BaseException:
-                self.rollback()
-                raise
-
-    def close(self) -> None:
-        """Flush, then close the connection if the outbox opened it (its claims end with it)."""
-        try:
-            self.flush()
-        finally:
-            if self._owns_connection:
-                self._own_connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _read(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
-        """Rows of a read, leaving the connection as idle as it was (psycopg with autocommit
-        off, and a SQLAlchemy session, begin a transaction at the first statement)."""
-        idle = not self.in_transaction
-        cursor = self._cursor
-        cursor.execute(statement, params)
-        rows: list[Any] = cursor.fetchall()
-        if idle and self.in_transaction:
-            self._tx.commit()
-        return rows
 
     # -- writing and claiming --------------------------------------------------------------
 
@@ -271,17 +171,21 @@ class PostgresOutbox:
         owner = self._owner if claimed else None
         held = self._held.take() if self._held else None
         deleting: tuple[object, ...] = ()
+        one, many = sql.INSERT_ONE, sql.INSERT_MANY
         if held:  # delete delivered batches in the same statement: no extra round trip
             self._settled += held
-            deleting = ([i for batch in held for i in batch.ids], [b.claim for b in held])
+            if len(held) == 1 and len(held[0].ids) == 1:  # the common case: no arrays to parse
+                deleting = (held[0].ids[0], held[0].claim)
+                one, many = sql.INSERT_ONE_DELETING_ONE, sql.INSERT_MANY_DELETING_ONE
+            else:
+                deleting = ([i for batch in held for i in batch.ids], [b.claim for b in held])
+                one, many = sql.INSERT_ONE_DELETING, sql.INSERT_MANY_DELETING
         try:
             if len(payloads) == 1:
-                statement = sql.INSERT_ONE_DELETING if held else sql.INSERT_ONE
-                cursor.execute(statement, (*deleting, payloads[0], claim, owner, claimed))
+                cursor.execute(one, (*deleting, payloads[0], claim, owner, claimed))
                 ids = [cursor.fetchone()[0]]
             else:
-                statement = sql.INSERT_MANY_DELETING if held else sql.INSERT_MANY
-                cursor.execute(statement, (*deleting, claim, owner, claimed, list(payloads)))
+                cursor.execute(many, (*deleting, claim, owner, claimed, list(payloads)))
                 ids = sorted(row[0] for row in cursor.fetchall())
         except BaseException:
             if held:  # not deleted: held again (the caller rolls back)
@@ -294,36 +198,66 @@ class PostgresOutbox:
             cursor.execute(sql.NOTIFY)
         return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
-    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
-        """Claim up to `limit` of the oldest free rows, in the current transaction, skipping
-        rows other relays are claiming at this moment (SKIP LOCKED).
+    claim_locks = True
+    """A relay's claim is row locks held by the open transaction (see `claim`)."""
+
+    def claim(self, limit: int, *, take_over: bool = False, after: int = 0) -> OutboxBatch | None:
+        """Lock up to `limit` of the oldest free rows in the current transaction, skipping rows
+        other relays hold (SKIP LOCKED), and open the savepoint the batch is dispatched in;
+        the rows stay claimed until that transaction ends (settle them before it commits).
 
         Free: unclaimed, or claimed by an outbox whose session is gone, or longer ago than the
         lease; with `take_over`, every row, whoever claimed it (at start-up, when no other
-        process relays this database; never from inside a handler).
-
-        In a transaction that has written nothing before the claim (a relay's first claim), the
-        commit does not wait for the WAL flush (`synchronous_commit=off` for that transaction):
-        a claim lost in a server crash only frees its rows again.
+        process relays this database; never from inside a handler). Rows with ids above
+        `after` come first (a relay resumes past its last batch); when there are none, the
+        oldest. Rows taken over from another claim lose it first, in a transaction of its own
+        (committed here), so that their unit of work no longer touches them.
         """
         cursor = self._cursor
-        cursor.execute(sql.CLAIM_ONLY_ASYNC_COMMIT)
         self._settle_held()  # this outbox's delivered rows must not be claimed again
-        claim = self._rng.getrandbits(62) + 1
-        params = {"limit": limit, "claim": claim, "owner": self._owner, "lease": self.lease}
+        params = {"limit": limit, "lease": self.lease, "after": after}
         statement = sql.CLAIM_TAKING_OVER if take_over else sql.CLAIM
-        cursor.execute(statement, params)
-        rows = sorted(cursor.fetchall())
+        while True:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+            if not rows and params["after"]:
+                params["after"] = 0  # none past the last batch: from the oldest
+                continue
+            taken = [row[0] for row in rows if row[4] is not None]
+            if not taken:
+                break
+            cursor.execute(sql.CLEAR_CLAIMS, (taken,))
+            self.commit()
+            self.begin()
         if not rows:
             return None
-        return OutboxBatch(
-            claim,
+        cursor.execute(sql.BATCH_SAVEPOINT)
+        batch = OutboxBatch(
+            0,
             [row[0] for row in rows],
-            [bytes(row[1]) for row in rows],
+            [row[1] for row in rows],
             [row[2] for row in rows],
-            in_rows=True,
             traceparents=[row[3] for row in rows],
         )
+        self._locking = batch
+        return batch
+
+    def discard_handler_writes(self, batch: OutboxBatch) -> bool:
+        """Roll back what the handlers wrote through this connection while `batch` was
+        dispatched; True if they wrote anything. A relay's batch (row locks) rolls back to its
+        savepoint, keeping the locks: written is what got the savepoint a transaction id."""
+        if batch.in_rows or self._locking is not batch:
+            return super().discard_handler_writes(batch)
+        if not self.in_transaction:  # a handler ended the claim's transaction: locks gone
+            self._locking = None
+            return True
+        cursor = self._cursor
+        cursor.execute(sql.WROTE)
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            return False
+        cursor.execute(sql.ROLLBACK_TO_BATCH)
+        return True
 
     def settle(
         self,
@@ -335,25 +269,49 @@ class PostgresOutbox:
     ) -> list[int]:
         """Settle a claimed batch in the current transaction (see `OutboxStore.settle`).
 
-        Only rows still carrying the batch's claim are touched: a claim that was taken over
-        (its lease ran out) belongs to the relay that took it.
+        A relay's batch is held by row locks: its rows are deleted or counted by id (locked
+        again first, skipping rows another relay took, if the locks were lost). A unit of
+        work's batch is claimed in its rows: only rows still carrying that claim are touched,
+        since a claim that was taken over belongs to the relay that took it.
         """
+        if batch.in_rows:
+            return self._settle_own_rows(batch, delivered, failed, dead)
+        cursor, ids = self._cursor, batch.ids
+        if self._locking is not batch:  # the claim's transaction ended: lock what is left
+            cursor.execute(sql.RELOCK, (ids,))
+            held = {row[0] for row in cursor.fetchall()}
+            delivered = [i for i in delivered if i in held]
+            failed = [(i, error) for i, error in failed if i in held]
+            dead = [(i, error) for i, error in dead if i in held]
+        if not failed and not dead:
+            if delivered:
+                cursor.execute(sql.DELETE, (list(delivered),))
+            if len(delivered) < len(ids):
+                cursor.execute(sql.NOTIFY)  # the rest is free again once this commits
+            return []
+        moved = self._count_failures(sql.COUNT_FAILURE, sql.DEAD_LETTER, failed, dead, ())
+        removed = [*delivered, *moved]
+        if removed:
+            cursor.execute(sql.DELETE, (removed,))
+        if len(removed) < len(ids):
+            cursor.execute(sql.NOTIFY)
+        return moved
+
+    def _settle_own_rows(
+        self,
+        batch: OutboxBatch,
+        delivered: Sequence[int],
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+    ) -> list[int]:
+        """Settle a unit of work's batch: only rows still carrying its claim are touched."""
         cursor, claim = self._cursor, batch.claim
         if not failed and not dead and len(delivered) == len(batch.ids):
             cursor.execute(sql.DELETE_OWN, (batch.ids, claim))
             return []
-        dead = list(dead)
-        for row_id, error in failed:
-            cursor.execute(sql.COUNT_OWN_FAILURE, (error, row_id, claim))
-            row = cursor.fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
-        moved = []
-        for row_id, error in dead:
-            cursor.execute(sql.DEAD_LETTER_OWN, (error, row_id, claim))
-            if cursor.rowcount:
-                moved.append(row_id)
-                logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
+        moved = self._count_failures(
+            sql.COUNT_OWN_FAILURE, sql.DEAD_LETTER_OWN, failed, dead, (claim,)
+        )
         removed = [*delivered, *moved]
         if removed:
             cursor.execute(sql.DELETE_OWN, (removed, claim))
@@ -362,33 +320,26 @@ class PostgresOutbox:
             cursor.execute(sql.NOTIFY)
         return moved
 
-    def hold(self, batch: OutboxBatch) -> None:
-        """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
-        self._held.add(batch)
-
-    # -- relaying --------------------------------------------------------------------------
-
-    def relay(
-        self, dispatcher: BatchDispatcher, batch_size: int = 1000, *, take_over: bool = False
-    ) -> RelayResult:
-        """Deliver every free row, oldest first, in batches, with `dispatch_batch`.
-
-        Any number of processes may relay at once. See `domainbus.outbox.relay` for failures.
-        """
-        return relay_batches(self, dispatcher, batch_size=batch_size, take_over=take_over)
-
-    async def relay_async(
+    def _count_failures(
         self,
-        dispatcher: AsyncBatchDispatcher,
-        batch_size: int = 1000,
-        *,
-        take_over: bool = False,
-        concurrent: bool = False,
-    ) -> RelayResult:
-        """`relay` with `dispatch_batch_async`, for coroutine handlers (see `relay_async`)."""
-        return await relay_batches_async(
-            self, dispatcher, batch_size=batch_size, take_over=take_over, concurrent=concurrent
-        )
+        count: str,
+        dead_letter: str,
+        failed: Sequence[tuple[int, str]],
+        dead: Sequence[tuple[int, str]],
+        extra: tuple[object, ...],
+    ) -> list[int]:
+        """Count an attempt for each failed row; copy those at `max_attempts`, and the `dead`
+        ones, to the dead-letter table. Returns the ids copied (the caller deletes them)."""
+        cursor = self._cursor
+        moved = []
+        for row_id, error in self._count_attempts(count, failed, dead, extra):
+            cursor.execute(dead_letter, (error, row_id, *extra))
+            if cursor.rowcount:
+                moved.append(row_id)
+                logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
+        return moved
+
+    # -- relaying (`relay`, `relay_async`, `serve`: `OutboxBase`) ----------------------------
 
     def wait(self, timeout: float) -> bool:
         """Block until a commit announces free rows (NOTIFY) or `timeout` seconds pass; True
@@ -410,102 +361,16 @@ class PostgresOutbox:
                 pass
         return notified
 
-    def serve(
-        self,
-        dispatcher: BatchDispatcher,
-        batch_size: int = 1000,
-        *,
-        poll_interval: float = 1.0,
-        stop: threading.Event | None = None,
-    ) -> RelayResult:
-        """Relay whenever rows may be free, until `stop` is set (see `domainbus.outbox.serve`)."""
-        return serve(
-            self, dispatcher, batch_size=batch_size, poll_interval=poll_interval, stop=stop
-        )
+    # -- what differs from SQLite's ----------------------------------------------------------
 
-    # -- idempotency -----------------------------------------------------------------------
+    def _processed_params(self, key: str, event_id: uuid.UUID) -> tuple[object, ...]:
+        return (key, event_id)
 
-    def run_once(self, key: str, event_id: uuid.UUID, call: Callable[[], object]) -> bool:
-        """Run `call()` unless (key, event_id) is recorded, recording it in the same transaction.
+    def _prune_params(self, seconds: float) -> tuple[object, ...]:
+        return (seconds,)
 
-        A transaction of its own, or a savepoint inside the caller's: what `call` writes
-        through this connection commits or rolls back with the record.
-        """
-        if not isinstance(event_id, uuid.UUID):
-            raise TypeError(f"event_id must be a uuid.UUID, not {type(event_id).__qualname__}")
-        nested = self.in_transaction
-        if nested:
-            self._cursor.execute("SAVEPOINT domainbus_once")
-        else:
-            self._tx.begin()
-        try:
-            cursor = self._cursor
-            cursor.execute(sql.MARK_PROCESSED, (key, event_id))
-            first_time = bool(cursor.rowcount == 1)
-            if first_time:
-                call()
-        except BaseException:
-            if nested:
-                if self.in_transaction:
-                    self._cursor.execute("ROLLBACK TO SAVEPOINT domainbus_once")
-                    self._cursor.execute("RELEASE SAVEPOINT domainbus_once")
-            else:
-                self._tx.rollback()
-            raise
-        if nested:
-            if self.in_transaction:  # unless `call` ended the transaction itself
-                self._cursor.execute("RELEASE SAVEPOINT domainbus_once")
-        elif self.in_transaction:
-            self._tx.commit()
-        return first_time
-
-    def prune_processed(self, older_than: float) -> int:
-        """Forget the idempotency records of events handled more than `older_than` seconds ago;
-        returns how many went. Keep them longer than an event can take to be redelivered (the
-        lease, plus however long a relay may be down), or a late redelivery runs again."""
-        seconds = check_age(older_than)
-        self.begin()
-        try:
-            cursor = self._cursor
-            cursor.execute(sql.PRUNE_PROCESSED, (seconds,))
-            removed = int(cursor.rowcount)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
-        return removed
-
-    # -- inspection and repair -------------------------------------------------------------
-
-    def pending(self) -> int:
-        """Rows not yet delivered (claimed or free)."""
-        return int(self._read(sql.COUNT_PENDING)[0][0])
-
-    def dead_letters(self) -> list[DeadLetter]:
-        """The dead-letter table, oldest first."""
-        return [
-            DeadLetter(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
-            for row in self._read(sql.LIST_DEAD_LETTERS)
-        ]
-
-    def requeue(self, dead_letter_ids: Sequence[int]) -> int:
-        """Move dead letters back into the outbox (as new rows); returns how many moved."""
-        moved = 0
-        self.begin()
-        try:
-            cursor = self._cursor
-            for dead_id in dead_letter_ids:
-                cursor.execute(sql.REQUEUE, (dead_id,))
-                if cursor.rowcount:
-                    cursor.execute(sql.DELETE_DEAD_LETTER, (dead_id,))
-                    moved += 1
-            if moved:
-                cursor.execute(sql.NOTIFY)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
-        return moved
+    def _announce(self) -> None:
+        self._cursor.execute(sql.NOTIFY)
 
 
 def _libpq_conninfo(target: str) -> str:

@@ -1,11 +1,12 @@
 """The outbox's tables and statements in PostgreSQL (psycopg's `%s` parameters).
 
-- `domainbus_outbox`: one row per undelivered event. Every claim is written into its rows
-  (`claim`, a random number per batch; `owner`, the outbox that claimed it; `claimed_at`), since
-  a relay commits its claim before dispatching and the row locks of `FOR UPDATE SKIP LOCKED`
-  end with that commit. A claimed row is free again when its claim is older than the lease or
-  when its owner's session is gone: each outbox holds a session-level advisory lock keyed by
-  its owner number, so a killed process frees its rows at once.
+- `domainbus_outbox`: one row per undelivered event. A unit of work's claim is written into
+  its rows (`claim`, a random number per batch; `owner`, the outbox that claimed it;
+  `claimed_at`), since it dispatches after its commit. Such a row is free again when its claim
+  is older than the lease or when its owner's session is gone: each outbox holds a
+  session-level advisory lock keyed by its owner number, so a killed process frees its rows at
+  once. A relay's claim is the row locks of `FOR UPDATE SKIP LOCKED`, held by the transaction
+  that dispatches and deletes the batch: nothing is written to claim.
 - `domainbus_dead_letters`, `domainbus_processed`: as in SQLite (`domainbus.outbox.schema`).
 
 Times are the server's, in seconds since the epoch.
@@ -76,30 +77,60 @@ _DELETE_HELD = (
 )
 INSERT_ONE_DELETING = _DELETE_HELD + INSERT_ONE
 INSERT_MANY_DELETING = _DELETE_HELD + INSERT_MANY
+# One held row (a unit of work of one event): plain parameters, several times cheaper for the
+# server than an array of one.
+_DELETE_HELD_ONE = "WITH delivered AS (DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s) "
+INSERT_ONE_DELETING_ONE = _DELETE_HELD_ONE + INSERT_ONE
+INSERT_MANY_DELETING_ONE = _DELETE_HELD_ONE + INSERT_MANY
 # Owners whose session still holds its advisory lock (a bigint key: classid high, objid low).
 _LIVE_OWNERS = (
     "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
     "WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
+# A relay's claim: the oldest free rows past `after`, locked by the open transaction (skipping
+# rows other relays hold), which stays open while they are dispatched and settled.
 _CLAIM = (
-    "WITH picked AS (SELECT id FROM domainbus_outbox WHERE {free} "
-    "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-    f"UPDATE domainbus_outbox o SET claim = %(claim)s, owner = %(owner)s, claimed_at = {NOW} "
-    "FROM picked WHERE o.id = picked.id RETURNING o.id, o.payload, o.attempts, o.traceparent"
+    "SELECT id, payload, attempts, traceparent, claim FROM domainbus_outbox "
+    "WHERE id > %(after)s AND ({free}) ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
 )
 CLAIM = _CLAIM.format(
     free=f"claim IS NULL OR claimed_at < {NOW} - %(lease)s OR owner NOT IN ({_LIVE_OWNERS})"
 )
-# take_over: every row not locked by a claim being made right now (as SQLite's take_over)
+# take_over: every row not locked by another relay (as SQLite's take_over)
 CLAIM_TAKING_OVER = _CLAIM.format(free="true")
-SERVER_NOW = f"SELECT {NOW}"
-# A transaction that has written nothing yet (no transaction id) and is about to claim: its
-# commit need not wait for the WAL flush, since losing a claim in a server crash only frees
-# its rows again.
-CLAIM_ONLY_ASYNC_COMMIT = (
-    "SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL "
-    "THEN set_config('synchronous_commit', 'off', true) END"
+# Rows a relay takes over from another claim (a unit of work's that ran out, or with take_over)
+# lose that claim in a transaction of their own, committed before they are dispatched: the unit
+# of work's deferred delete then no longer matches them, instead of waiting for the relay's lock.
+CLEAR_CLAIMS = (
+    "UPDATE domainbus_outbox SET claim = NULL, owner = NULL, claimed_at = NULL "
+    "WHERE id = ANY(%s::bigint[])"
+)
+# Rows of a batch whose locks were lost (the transaction rolled back): locked again if no one
+# else took them meanwhile.
+RELOCK = (
+    "SELECT id FROM domainbus_outbox WHERE id = ANY(%s::bigint[]) ORDER BY id "
+    "FOR UPDATE SKIP LOCKED"
+)
+# A relay's batch is dispatched in a savepoint: what the handlers write through the relay's
+# connection can be rolled back while the claim's row locks stay.
+BATCH_SAVEPOINT = "SAVEPOINT domainbus_batch"
+ROLLBACK_TO_BATCH = "ROLLBACK TO SAVEPOINT domainbus_batch"
+# Whether anything was written since that savepoint: the claim's row locks gave the transaction
+# its id; the savepoint gets one of its own (and holds a lock on it until it ends) only when
+# something inside it writes, directly or in a nested savepoint.
+WROTE = (
+    "SELECT count(*) > 1 FROM pg_locks WHERE pid = pg_backend_pid() "
+    "AND locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted"
+)
+DELETE = "DELETE FROM domainbus_outbox WHERE id = ANY(%s::bigint[])"
+COUNT_FAILURE = (
+    "UPDATE domainbus_outbox SET attempts = attempts + 1, last_error = %s "
+    "WHERE id = %s RETURNING attempts"
+)
+DEAD_LETTER = (
+    "INSERT INTO domainbus_dead_letters (outbox_id, payload, attempts, error, failed_at) "
+    f"SELECT id, payload, attempts, %s, {NOW} FROM domainbus_outbox WHERE id = %s"
 )
 DELETE_OWN = "DELETE FROM domainbus_outbox WHERE id = ANY(%s::bigint[]) AND claim = %s"
 DELETE_OWN_ONE = "DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s"

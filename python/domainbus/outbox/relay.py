@@ -1,10 +1,21 @@
 """`relay`: deliver an outbox's free rows in batches, at least once.
 
 Each batch is claimed, decoded, handed to the target's `dispatch_batch` in one call, then
-settled: its delivered rows are deleted in one transaction, together with whatever the handlers
-wrote through the outbox's connection meanwhile, and the same transaction claims the next batch
-(one commit, so one sync at synchronous=FULL, per batch). Rows that do not decode go to the
-dead-letter table at once, reported by id, and never stop the relay.
+settled. How a claim holds its rows is the store's (`OutboxStore.claim_locks`):
+
+- row locks (PostgreSQL): one transaction claims the batch (`SELECT ... FOR UPDATE SKIP
+  LOCKED`), stays open while it is dispatched, deletes the delivered rows and commits: one
+  write a row. Other relays skip the locked rows; a crash or a lost connection aborts the
+  transaction and frees them, so nothing counts as delivered that was not. What the handlers
+  write through the outbox's connection is part of that transaction;
+- claims written into the store (SQLite, where an open write transaction would stop every
+  other writer): the claim commits before the dispatch; the delivered rows are deleted in one
+  transaction together with whatever the handlers wrote through the outbox's connection
+  meanwhile, and the same transaction claims the next batch (one commit, so one sync at
+  synchronous=FULL, per batch).
+
+Rows that do not decode go to the dead-letter table at once, reported by id, and never stop
+the relay.
 
 The target is any object with `dispatch_batch(events) -> int` (a `Dispatcher` of either
 backend, or a broker publisher). What it delivered is read from how its call ended, never from
@@ -28,8 +39,8 @@ how far it iterated the batch (rule 12 of `domainbus.pure.dispatcher`):
 In every failure case the store is settled first, the exception gets a note saying what
 happened to the rows, and it propagates; the next relay starts again at the first row not
 delivered. If the handlers had written through the outbox's connection, those writes are rolled
-back and no row of the batch counts as delivered (their writes and the delivery records stay
-consistent); the failing row's attempt is still counted.
+back (`OutboxStore.discard_handler_writes`) and no row of the batch counts as delivered (their
+writes and the delivery records stay consistent); the failing row's attempt is still counted.
 """
 
 from __future__ import annotations
@@ -116,16 +127,14 @@ def relay(
     after the store is settled (see the module doc for what counts as delivered).
     """
     _check_dispatcher(dispatcher, "dispatch_batch")
+    dispatch = dispatcher.dispatch_batch
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
-        token = run.enter_trace()
         try:
-            dispatcher.dispatch_batch(events)
+            dispatch(events)
         except BaseException as exc:
-            run.exit_trace(token)
             run.settle(exc)
         else:
-            run.exit_trace(token)
             run.settle(None)
     return run.result()
 
@@ -141,19 +150,18 @@ async def relay_async(
     """`relay` with `dispatch_batch_async`, for handlers that are coroutine functions.
 
     The database work stays synchronous (on the event loop's thread); `concurrent=True` runs
-    the handlers of one event together.
+    the handlers of one event together. Only the dispatch differs from `relay`: both drive
+    the same `_Relay`.
     """
     _check_dispatcher(dispatcher, "dispatch_batch_async")
+    dispatch = dispatcher.dispatch_batch_async
     run = _Relay(store, batch_size, take_over, _collects(dispatcher))
     while (events := run.next_events()) is not None:
-        token = run.enter_trace()
         try:
-            await dispatcher.dispatch_batch_async(events, concurrent=concurrent)
+            await dispatch(events, concurrent=concurrent)
         except BaseException as exc:
-            run.exit_trace(token)
             run.settle(exc)
         else:
-            run.exit_trace(token)
             run.settle(None)
     return run.result()
 
@@ -169,7 +177,10 @@ def _collects(dispatcher: object) -> bool:
 
 
 class _Relay:
-    """The relay's bookkeeping, whatever dispatches: claim, decode, settle, count."""
+    """The relay's bookkeeping, whatever dispatches: claim, decode, trace, settle, count.
+
+    `relay` and `relay_async` only call the dispatcher between `next_events` and `settle`.
+    """
 
     def __init__(self, store: OutboxStore, batch_size: int, take_over: bool, collect: bool) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -178,49 +189,76 @@ class _Relay:
             raise RuntimeError("relay needs the outbox's connection without an open transaction")
         self.store = store
         self.collect = collect
-        self.claim = functools.partial(store.claim, batch_size, take_over=take_over)
+        self.limit = batch_size
+        self.take_over = take_over
+        self.locks = bool(store.claim_locks)
+        self.after = 0  # the last id claimed: the next claim looks past it first
         self.delivered = 0
         self.dead_lettered: list[int] = []
-        self.batch: OutboxBatch | None = _in_transaction(store, self.claim)[0]
         self.ids: list[int] = []
         self.events: list[Any] = []
         self.dead: list[tuple[int, str]] = []
+        self.token: Any = None
+        self.batch: OutboxBatch | None = (
+            self._open_claim() if self.locks else _in_transaction(store, self._claim)[0]
+        )
+
+    def _claim(self) -> OutboxBatch | None:
+        batch = self.store.claim(self.limit, take_over=self.take_over, after=self.after)
+        if batch is not None:
+            self.after = batch.ids[-1]
+        return batch
+
+    def _open_claim(self) -> OutboxBatch | None:
+        """Claim in a new transaction, left open while the batch is dispatched and settled
+        (a store whose claims are row locks); ended at once when no row is free."""
+        store = self.store
+        store.begin()
+        try:
+            batch = self._claim()
+            if batch is None:
+                store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        return batch
 
     def next_events(self) -> list[Any] | None:
-        """The decoded events of the claimed batch (bad rows set aside), or None when done."""
-        if self.batch is None:
-            return None
-        self.ids, self.events, self.dead = _decode(self.store, self.batch)
-        return self.events
-
-    def enter_trace(self) -> Any:
-        """Hand the rows' stored traceparents to the dispatcher (`domainbus.observe`), if any."""
+        """The decoded events of the claimed batch (bad rows set aside), or None when done;
+        the rows' stored traceparents are handed to the dispatcher (`domainbus.observe`)."""
         batch = self.batch
-        assert batch is not None
-        if not any(batch.traceparents):
+        if batch is None:
             return None
-        by_id = dict(zip(batch.ids, batch.traceparents, strict=True))
-        return incoming.set([by_id.get(i) for i in self.ids])
-
-    def exit_trace(self, token: Any) -> None:
-        if token is not None:
-            incoming.reset(token)
+        self.ids, self.events, self.dead = _decode(self.store, batch)
+        if any(batch.traceparents):
+            by_id = dict(zip(batch.ids, batch.traceparents, strict=True))
+            self.token = incoming.set([by_id.get(i) for i in self.ids])
+        return self.events
 
     def settle(self, exc: BaseException | None) -> None:
         """Settle the batch after its dispatch ended (with `exc`, or normally); then re-raise."""
+        if self.token is not None:
+            incoming.reset(self.token)
+            self.token = None
         store, batch = self.store, self.batch
         assert batch is not None
         outcome = _outcome(len(self.ids), exc, self.collect)
         if outcome.error is not None:
+            self.batch = None
             self.dead_lettered += _settle_failures(
                 store, batch, self.ids, self.events, outcome, self.dead
             )
             raise outcome.error
-        # One transaction settles this batch (with the handlers' writes) and claims the next.
         settle = functools.partial(store.settle, batch, delivered=self.ids, dead=self.dead)
-        moved, self.batch = _in_transaction(store, settle, self.claim)
+        if self.locks:  # the claim's transaction settles the batch; the next claim opens another
+            moved = _in_transaction(store, settle)[0]
+            self.batch = None
+        else:  # one transaction settles this batch (with the handlers' writes), claims the next
+            moved, self.batch = _in_transaction(store, settle, self._claim)
         self.dead_lettered += moved
         self.delivered += len(self.ids)
+        if self.locks:
+            self.batch = self._open_claim()
 
     def result(self) -> RelayResult:
         from domainbus.outbox.store import RelayResult

@@ -17,37 +17,21 @@ deletes.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
-import random
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import domainbus.outbox.schema as sql
 from domainbus.codec import EventCodec
-from domainbus.outbox.relay import AsyncBatchDispatcher, BatchDispatcher
-from domainbus.outbox.relay import relay as relay_batches
-from domainbus.outbox.relay import relay_async as relay_batches_async
+from domainbus.outbox.base import OutboxBase
 from domainbus.outbox.schema import Synchronous
-from domainbus.outbox.serve import serve
-from domainbus.outbox.store import (
-    DeadLetter,
-    HeldBatches,
-    Outbox,
-    OutboxBatch,
-    RelayResult,
-    check_age,
-    check_codec,
-    check_payloads,
-    check_settings,
-)
-from domainbus.transactions import SqliteTransaction, Transaction, transaction_for
+from domainbus.outbox.store import Outbox, OutboxBatch, check_payloads
+from domainbus.transactions import SqliteTransaction
 
 __all__ = ["SqliteOutbox"]
 
@@ -57,17 +41,7 @@ _MAX_ROWS_PER_INSERT = 1000  # 3 parameters a row; SQLite 3.32+ allows 32,766
 _MAX_IDS_PER_DELETE = 5000
 
 
-class _CurrentCursor:
-    """`outbox._cursor`: the cursor of the transaction's current connection, looked up on each
-    use (a view bound to a SQLAlchemy session); a plain connection's is stored on the instance,
-    which this non-data descriptor lets win."""
-
-    def __get__(self, outbox: SqliteOutbox, owner: type | None = None) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = outbox._tx.cursor()
-        return cursor
-
-
-class SqliteOutbox:
+class SqliteOutbox(OutboxBase):
     """Outbox, relay and idempotency records in one SQLite database.
 
     `target`: a path (the outbox opens and owns a connection in autocommit mode) or the
@@ -83,6 +57,9 @@ class SqliteOutbox:
     are delivered again; it must exceed the time a batch takes to dispatch. `max_attempts`:
     failed deliveries after which a row goes to the dead-letter table.
 
+    `bind(handle)` does not change the handle's connection settings: set WAL, busy_timeout
+    and synchronous where the handle's connections are made. `begin` issues BEGIN IMMEDIATE.
+
     Like a sqlite3 connection, an outbox belongs to one thread at a time.
     """
 
@@ -96,8 +73,7 @@ class SqliteOutbox:
         lease: float = 60.0,
         max_attempts: int = 5,
     ) -> None:
-        check_codec(codec)
-        check_settings(lease, max_attempts)
+        self._check(codec, lease, max_attempts)
         if isinstance(target, sqlite3.Connection):
             connection, self._owns_connection = target, False
         elif isinstance(target, str | os.PathLike):
@@ -108,7 +84,7 @@ class SqliteOutbox:
                 f"target must be a path or a sqlite3.Connection, not {type(target).__qualname__}"
             )
         try:
-            self._tx: Transaction = SqliteTransaction(connection)
+            tx = SqliteTransaction(connection)
             self._own_connection = connection
             sql.configure(connection, synchronous, busy_timeout)
             sql.create_tables(connection)
@@ -116,62 +92,17 @@ class SqliteOutbox:
             if self._owns_connection:
                 connection.close()
             raise
-        self.codec = codec
-        self.lease = float(lease)
-        self.max_attempts = max_attempts
-        self._rng = random.Random(os.urandom(16))
+        self._set_up(tx, codec, lease, max_attempts)
         self._owner = self._rng.getrandbits(63)
-        self._cursor = self._tx.cursor()
-        self._held = HeldBatches()  # delivered; their rows go with the next commit
         self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
-        self._settled: list[
-            OutboxBatch
-        ] = []  # held batches whose rows the open transaction deletes
-        self.encode: Callable[[Any], bytes] = codec.encode
-        self.decode: Callable[[bytes], Any] = codec.decode
 
     def __repr__(self) -> str:
         return f"<SqliteOutbox {self.codec!r} synchronous={self.synchronous}>"
 
-    # -- connection and transactions -------------------------------------------------------
+    # -- connection and transactions (the rest: `OutboxBase`) --------------------------------
 
-    def bind(self, handle: object) -> SqliteOutbox:
-        """This outbox seen through `handle` (a SQLAlchemy Session or Connection on SQLite, or
-        another sqlite3 connection to the same file): its reads and writes go through the
-        handle's transactions. The view shares this outbox's codec, settings and deferred
-        deletes; it does not change the handle's connection settings (set WAL, busy_timeout and
-        synchronous where the handle's connections are made)."""
-        tx = transaction_for(handle)
-        if tx.dialect != "sqlite":
-            raise TypeError(f"a SqliteOutbox cannot be bound to a {tx.dialect} handle")
-        view = copy.copy(self)
-        view._tx, view._owns_connection, view._settled = tx, False, []
-        view._rng = random.Random(os.urandom(16))
-        if isinstance(tx, SqliteTransaction):
-            view._cursor = tx.cursor()
-        else:  # a session may change connections between transactions: follow it
-            view.__dict__.pop("_cursor", None)
-        return view
-
-    _cursor = _CurrentCursor()  # an instance attribute instead, on a plain sqlite3 connection
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """The sqlite3 connection this outbox (or view) uses for its current transaction."""
-        return self._cursor.connection
-
-    @property
-    def handle(self) -> object:
-        """What this outbox's transactions run on: its connection, or the handle it is bound to."""
-        return self._tx.user_handle
-
-    @property
-    def dialect(self) -> str:
-        return "sqlite"
-
-    def cursor(self) -> sqlite3.Cursor:
-        """The DB-API cursor of this outbox's transaction (as `Transaction.cursor`)."""
-        return self._cursor
+    _sql = sql
+    dialect = "sqlite"
 
     @property
     def synchronous(self) -> str:
@@ -183,21 +114,6 @@ class SqliteOutbox:
         """The database's journal mode ("wal"; "memory" for in-memory databases)."""
         return str(self.connection.execute("PRAGMA journal_mode").fetchone()[0])
 
-    @property
-    def in_transaction(self) -> bool:
-        return self._tx.in_transaction
-
-    def begin(self) -> None:
-        """Start a write transaction (BEGIN IMMEDIATE on the outbox's own connection)."""
-        self._tx.begin()
-
-    def commit(self) -> None:
-        """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
-        if self._held:
-            self._settle_held()
-        self._tx.commit()
-        self._settled.clear()
-
     def _settle_held(self) -> None:
         """Delete the rows of held batches in the current transaction (kept for a rollback)."""
         held = self._held.take()
@@ -208,36 +124,6 @@ class SqliteOutbox:
                 self._cursor.execute(sql.DELETE_OWN_RANGE, params)
             else:
                 self.settle(batch, delivered=batch.ids)
-
-    def rollback(self) -> None:
-        """Roll back the open transaction, if any (held batches stay held)."""
-        self._tx.rollback()
-        self._held.restore(self._settled)
-        self._settled.clear()
-
-    def flush(self) -> None:
-        """Delete the rows of delivered batches now instead of with the next commit."""
-        if self._held:
-            self.begin()
-            try:
-                self.commit()
-            except BaseException:
-                self.rollback()
-                raise
-
-    def close(self) -> None:
-        """Flush, then close the connection if the outbox opened it."""
-        try:
-            self.flush()
-        finally:
-            if self._owns_connection:
-                self.connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- writing and claiming --------------------------------------------------------------
 
@@ -266,12 +152,15 @@ class SqliteOutbox:
             cursor.executemany(sql.SET_TRACEPARENT, [(traceparent, i) for i in ids])
         return OutboxBatch(claim or 0, ids, [], [], in_rows=True)
 
-    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
+    claim_locks = False
+    """A claim is a row of the claims table, committed before its batch is dispatched."""
+
+    def claim(self, limit: int, *, take_over: bool = False, after: int = 0) -> OutboxBatch | None:
         """Claim up to `limit` of the oldest free rows, in the current transaction.
 
         Claims older than the lease are void; with `take_over`, so is every claim that is not
         this outbox's (use it at start-up when no other process relays this file, never from
-        inside a handler).
+        inside a handler). `after` is ignored: the oldest free rows always come first.
         """
         cursor = self._cursor
         now = time.time()
@@ -303,7 +192,7 @@ class SqliteOutbox:
 
     def _first_free_rows(self, limit: int, stale: float) -> list[tuple[int, bytes, int, Any, Any]]:
         """The oldest free rows in the first gap between live relay claims that has any."""
-        cursor = self._cursor
+        cursor: sqlite3.Cursor = self._cursor
         after = 0
         for first_id, last_id in cursor.execute(sql.LIVE_CLAIMS).fetchall():
             if first_id > after + 1:
@@ -373,12 +262,7 @@ class SqliteOutbox:
     ) -> list[tuple[int, str]]:
         """Count an attempt for each failed row; dead-letter those at `max_attempts`, and the
         `dead` ones. Returns every (row id, error) dead-lettered (the caller deletes them)."""
-        cursor = self._cursor
-        dead = list(dead)
-        for row_id, error in failed:
-            row = cursor.execute(statement, (error, row_id, *extra)).fetchone()
-            if row is not None and row[0] >= self.max_attempts:
-                dead.append((row_id, f"{error} (failed {row[0]} times)"))
+        dead = self._count_attempts(statement, failed, dead, extra)
         self._dead_letter(dead)
         return dead
 
@@ -389,34 +273,7 @@ class SqliteOutbox:
             self._cursor.execute(sql.DEAD_LETTER, (error, now, row_id))
             logger.error("outbox row %d moved to the dead-letter table: %s", row_id, error)
 
-    def hold(self, batch: OutboxBatch) -> None:
-        """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
-        self._held.add(batch)
-
     # -- relaying --------------------------------------------------------------------------
-
-    def relay(
-        self, dispatcher: BatchDispatcher, batch_size: int = 1000, *, take_over: bool = False
-    ) -> RelayResult:
-        """Deliver every free row, oldest first, in batches, with `dispatch_batch`.
-
-        Run it at start-up (with `take_over=True` when no other process relays this file)
-        and whenever rows may be left over. See `domainbus.outbox.relay` for failures.
-        """
-        return relay_batches(self, dispatcher, batch_size=batch_size, take_over=take_over)
-
-    async def relay_async(
-        self,
-        dispatcher: AsyncBatchDispatcher,
-        batch_size: int = 1000,
-        *,
-        take_over: bool = False,
-        concurrent: bool = False,
-    ) -> RelayResult:
-        """`relay` with `dispatch_batch_async`, for coroutine handlers (see `relay_async`)."""
-        return await relay_batches_async(
-            self, dispatcher, batch_size=batch_size, take_over=take_over, concurrent=concurrent
-        )
 
     def wait(self, timeout: float) -> bool:
         """Block until another connection has committed to the database since this outbox last
@@ -436,93 +293,21 @@ class SqliteOutbox:
                 return False
             time.sleep(min(left, 0.01))
 
-    def serve(
-        self,
-        dispatcher: BatchDispatcher,
-        batch_size: int = 1000,
-        *,
-        poll_interval: float = 1.0,
-        stop: threading.Event | None = None,
-    ) -> RelayResult:
-        """Relay whenever rows may be free, until `stop` is set (see `domainbus.outbox.serve`)."""
-        return serve(
-            self, dispatcher, batch_size=batch_size, poll_interval=poll_interval, stop=stop
-        )
+    # -- what differs from PostgreSQL's ------------------------------------------------------
 
-    # -- idempotency -----------------------------------------------------------------------
+    def _processed_params(self, key: str, event_id: uuid.UUID) -> tuple[object, ...]:
+        return (key, event_id.bytes, time.time())
 
-    def run_once(self, key: str, event_id: uuid.UUID, call: Callable[[], object]) -> bool:
-        """Run `call()` unless (key, event_id) is recorded, recording it in the same transaction.
+    def _prune_params(self, seconds: float) -> tuple[object, ...]:
+        return (time.time() - seconds,)
 
-        A transaction of its own (BEGIN IMMEDIATE), or a savepoint inside the caller's: what
-        `call` writes through this connection commits or rolls back with the record.
-        """
-        if not isinstance(event_id, uuid.UUID):
-            raise TypeError(f"event_id must be a uuid.UUID, not {type(event_id).__qualname__}")
-        nested = self.in_transaction
-        if nested:
-            self._cursor.execute("SAVEPOINT domainbus_once")
-        else:
-            self._tx.begin()
-        try:
-            cursor = self._cursor
-            cursor.execute(sql.MARK_PROCESSED, (key, event_id.bytes, time.time()))
-            first_time = cursor.rowcount == 1
-            if first_time:
-                call()
-        except BaseException:
-            if nested:
-                if self.connection.in_transaction:
-                    self._cursor.execute("ROLLBACK TO domainbus_once")
-                    self._cursor.execute("RELEASE domainbus_once")
-            else:
-                self._tx.rollback()
-            raise
-        if nested:
-            if self.connection.in_transaction:  # unless `call` ended the transaction itself
-                self._cursor.execute("RELEASE domainbus_once")
-        elif self.in_transaction:
-            self._tx.commit()
-        return first_time
+    def _connection_in_transaction(self) -> bool:
+        return bool(self.connection.in_transaction)
 
-    def prune_processed(self, older_than: float) -> int:
-        """Forget the idempotency records of events handled more than `older_than` seconds ago;
-        returns how many went. Keep them longer than an event can take to be redelivered (the
-        lease, plus however long a relay may be down), or a late redelivery runs again."""
-        cutoff = time.time() - check_age(older_than)
-        self.begin()
-        try:
-            removed = int(self._cursor.execute(sql.PRUNE_PROCESSED, (cutoff,)).rowcount)
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
-        return removed
-
-    # -- inspection and repair -------------------------------------------------------------
-
-    def pending(self) -> int:
-        """Rows not yet delivered (claimed or free)."""
-        return int(self._cursor.execute(sql.COUNT_PENDING).fetchone()[0])
-
-    def dead_letters(self) -> list[DeadLetter]:
-        """The dead-letter table, oldest first."""
-        return [DeadLetter(*row) for row in self._cursor.execute(sql.LIST_DEAD_LETTERS)]
-
-    def requeue(self, dead_letter_ids: Sequence[int]) -> int:
-        """Move dead letters back into the outbox (as new rows); returns how many moved."""
-        moved = 0
-        self.begin()
-        try:
-            for dead_id in dead_letter_ids:
-                if self._cursor.execute(sql.REQUEUE, (dead_id,)).rowcount:
-                    self._cursor.execute(sql.DELETE_DEAD_LETTER, (dead_id,))
-                    moved += 1
-            self.commit()
-        except BaseException:
-            self.rollback()
-            raise
-        return moved
+    def _read(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
+        """Rows of a read (sqlite3 begins no transaction for one)."""
+        cursor: sqlite3.Cursor = self._cursor
+        return cursor.execute(statement, params).fetchall()
 
 
 if TYPE_CHECKING:

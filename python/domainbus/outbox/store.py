@@ -78,7 +78,13 @@ class OutboxStore(Protocol):
     inside the caller's transaction. Claims keep two relays (or a relay and a unit
     of work) from delivering the same row at the same time; a claim older than the store's
     lease is taken to be abandoned (its owner died) and its rows are claimed again.
+
+    `claim_locks`: True when a relay's claim is row locks held by the transaction that claims
+    (settled before that transaction commits: PostgreSQL); False when the claim is written
+    into the store and committed before the dispatch (SQLite). See `domainbus.outbox.relay`.
     """
+
+    claim_locks: bool
 
     @property
     def connection(self) -> Any: ...
@@ -97,8 +103,13 @@ class OutboxStore(Protocol):
         """Store the payloads in the current transaction, claimed by this store or free;
         `traceparent` (W3C trace context of the recording code) is stored with each row."""
 
-    def claim(self, limit: int, *, take_over: bool = False) -> OutboxBatch | None:
-        """Claim up to `limit` of the oldest unclaimed rows (None when there are none)."""
+    def claim(self, limit: int, *, take_over: bool = False, after: int = 0) -> OutboxBatch | None:
+        """Claim up to `limit` of the oldest unclaimed rows (None when there are none);
+        `after`, the last id a relay claimed, is a hint: rows past it may come first."""
+
+    def discard_handler_writes(self, batch: OutboxBatch) -> bool:
+        """After a failed dispatch of `batch`: roll back what the handlers wrote through the
+        store's connection since the batch was claimed (or committed); True if they wrote."""
 
     def settle(
         self,
