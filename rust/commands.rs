@@ -456,6 +456,7 @@ impl Dispatcher {
         while let Some(event) = nested::pop(self.id) {
             queued.push_back(event);
         }
+        let mut after = nested::take_after(self.id);
         drop(frame);
         let result = match result {
             Ok(result) => result,
@@ -467,15 +468,18 @@ impl Dispatcher {
                     );
                     errors::add_note(py, &err, &note)?;
                 }
+                nested::drained(py, after, Some(err.value(py).as_any()))?;
                 return Err(err);
             }
         };
         if queued.is_empty() {
+            nested::drained(py, after, None)?;
             return Ok(result);
         }
         // `run` opens its own frame before it takes the first event, and drains that frame
         // after each event. So on the first pull the events after the first go into its frame,
-        // ahead of anything the first event's handlers queue: one FIFO, in order.
+        // ahead of anything the first event's handlers queue: one FIFO, in order; the
+        // `_after_drain` callbacks go with them, called once the first event's cascade is done.
         let id = self.id;
         let mut first = true;
         let events = std::iter::from_fn(move || {
@@ -483,12 +487,18 @@ impl Dispatcher {
                 return None;
             }
             let head = queued.pop_front()?;
-            for event in queued.drain(..) {
-                if nested::push(id, event).is_err() {
-                    return Some(Err(PyRuntimeError::new_err(
-                        "the nested dispatch queue is gone",
-                    )));
-                }
+            let moved = queued
+                .drain(..)
+                .try_for_each(|event| nested::push(id, event).map_err(drop))
+                .and_then(|()| {
+                    after
+                        .drain(..)
+                        .try_for_each(|callback| nested::after_drain(id, callback).map_err(drop))
+                });
+            if moved.is_err() {
+                return Some(Err(PyRuntimeError::new_err(
+                    "the nested dispatch queue is gone",
+                )));
             }
             Some(Ok(head.into_bound(py)))
         });
@@ -535,8 +545,18 @@ unsafe extern "C" fn execute_o(
     slf: *mut ffi::PyObject,
     command: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a METH_O method with the GIL held.
-    let py = unsafe { Python::assume_attached() };
+    // `attach`, not `assume_attached`: with PyO3's attach count at zero, the `Py` values
+    // dropped in the call (a failure's traceback, a handled PyErr) would be queued for PyO3's
+    // next attach instead of released (tests/test_command_release.py).
+    Python::attach(|py| execute_attached(py, slf, command))
+}
+
+/// The body of `execute_o`, with the GIL (held by the caller) known to PyO3.
+fn execute_attached(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    command: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: both pointers are borrowed, live objects for the duration of the call; the
         // method descriptor checked that `slf` is an instance of Dispatcher (or a subclass).
@@ -735,6 +755,13 @@ impl Dispatcher {
             }))
         })?;
         Ok(middleware.clone())
+    }
+
+    /// Call `callback` when this thread's "queue" FIFO is empty again; False if none is open
+    /// (the unit of work's hook: see `domainbus.pure.dispatcher.Dispatcher._after_drain`).
+    fn _after_drain(&self, callback: &Bound<'_, PyAny>) -> bool {
+        self.config.load().nested == Nested::Queue
+            && nested::after_drain(self.id, callback.clone().unbind()).is_ok()
     }
 
     /// Awaitable `execute`: an awaitable result is awaited (see `domainbus._commands`).
