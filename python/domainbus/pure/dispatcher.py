@@ -314,7 +314,8 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         return tuple(h for h in live if h is not None)
 
     def clear(self) -> None:
-        """Remove every registration."""
+        """Remove every event handler and command handler; what was `provide`d and the
+        middleware stay (pure/commands.py rule 1)."""
         with self._lock:
             self._publish({})
             self._clear_commands()
