@@ -241,3 +241,51 @@ def test_without_an_outbox_the_writes_commit_as_before(
     assert seen == ["a"]
     assert connection.execute("SELECT count(*) FROM t").fetchone() == (1,)
     connection.close()
+
+
+def test_the_after_drain_hook(make_dispatcher: Any) -> None:
+    """`_after_drain(callback)`: only inside an outermost "queue" call; called once the FIFO
+    is empty, with None, or with what stopped the call (or was collected first)."""
+    log: list[object] = []
+    assert make_dispatcher(nested="queue")._after_drain(log.append) is False
+    immediate = make_dispatcher()
+    immediate.register_command_handler(Place, lambda c: immediate._after_drain(log.append))
+    assert immediate.execute(Place()) is False
+
+    d = make_dispatcher(nested="queue")
+    d.register_handler(Noted, lambda e: log.append(e.text))
+
+    def place(command: Place) -> bool:
+        d.dispatch(Noted("queued"))
+        registered = d._after_drain(lambda failure: log.append(("drained", failure)))
+        if command.fail:
+            raise Boom("stop")
+        return bool(registered)
+
+    d.register_command_handler(Place, place)
+    assert d.execute(Place()) is True
+    assert log == ["queued", ("drained", None)]
+    log.clear()
+    with pytest.raises(Boom) as info:
+        d.execute(Place(fail=True))
+    assert log == [("drained", info.value)]
+    log.clear()
+
+    collecting = make_dispatcher(nested="queue", on_error="collect")
+
+    def failing(event: Noted) -> None:
+        raise Boom(event.text)
+
+    collecting.register_handler(Noted, failing)
+    collecting.register_handler(
+        Start, lambda e: collecting._after_drain(lambda f: log.append(("drained", f)))
+    )
+
+    def start(event: Start) -> None:
+        collecting.dispatch(Noted(event.text))
+
+    collecting.register_handler(Start, start)
+    with pytest.raises(ExceptionGroup) as group:
+        collecting.dispatch_batch([Start("one"), Start("two")])
+    first, second = group.value.exceptions
+    assert log == [("drained", first), ("drained", second)]
