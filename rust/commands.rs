@@ -6,6 +6,7 @@
 //! by `domainbus._commands`, shared with the pure backend; none of it runs per `execute`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -19,7 +20,7 @@ use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 use pyo3::PyTraverseError;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::dispatcher::{Dispatcher, Nested};
+use crate::dispatcher::{Dispatcher, Nested, QUEUE};
 use crate::errors;
 use crate::nested::{self, FrameGuard};
 
@@ -358,9 +359,13 @@ fn chain<'py>(
     helpers(py)?.call_method1(intern!(py, "compose"), (layers, bound))
 }
 
+/// `type(value) is coroutine`, one pointer comparison (pyo3-ffi's `PyCoro_CheckExact` is a
+/// `PyObject_TypeCheck`, which calls `PyType_IsSubtype` for every other type of result).
+#[inline(always)]
 fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: `value` is a live object; PyCoro_CheckExact only reads its type pointer.
-    unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) != 0 }
+    // SAFETY: `value` is a live object, so its type pointer is valid; `PyCoro_Type` is a
+    // static of the interpreter whose address is only compared.
+    unsafe { ffi::Py_TYPE(value.as_ptr()) == std::ptr::addr_of_mut!(ffi::PyCoro_Type) }
 }
 
 /// Rule 3: the note on every `Exception` `execute` propagates; a coroutine returned to the
@@ -456,6 +461,7 @@ impl Dispatcher {
         while let Some(event) = nested::pop(self.id) {
             queued.push_back(event);
         }
+        let mut after = nested::take_after(self.id);
         drop(frame);
         let result = match result {
             Ok(result) => result,
@@ -467,15 +473,18 @@ impl Dispatcher {
                     );
                     errors::add_note(py, &err, &note)?;
                 }
+                nested::drained(py, after, Some(err.value(py).as_any()))?;
                 return Err(err);
             }
         };
         if queued.is_empty() {
+            nested::drained(py, after, None)?;
             return Ok(result);
         }
         // `run` opens its own frame before it takes the first event, and drains that frame
         // after each event. So on the first pull the events after the first go into its frame,
-        // ahead of anything the first event's handlers queue: one FIFO, in order.
+        // ahead of anything the first event's handlers queue: one FIFO, in order; the
+        // `_after_drain` callbacks go with them, called once the first event's cascade is done.
         let id = self.id;
         let mut first = true;
         let events = std::iter::from_fn(move || {
@@ -483,12 +492,18 @@ impl Dispatcher {
                 return None;
             }
             let head = queued.pop_front()?;
-            for event in queued.drain(..) {
-                if nested::push(id, event).is_err() {
-                    return Some(Err(PyRuntimeError::new_err(
-                        "the nested dispatch queue is gone",
-                    )));
-                }
+            let moved = queued
+                .drain(..)
+                .try_for_each(|event| nested::push(id, event).map_err(drop))
+                .and_then(|()| {
+                    after
+                        .drain(..)
+                        .try_for_each(|callback| nested::after_drain(id, callback).map_err(drop))
+                });
+            if moved.is_err() {
+                return Some(Err(PyRuntimeError::new_err(
+                    "the nested dispatch queue is gone",
+                )));
             }
             Some(Ok(head.into_bound(py)))
         });
@@ -521,7 +536,8 @@ impl Dispatcher {
             Bound::from_borrowed_ptr(py, raw).cast_into_unchecked::<CommandRoute>()
         };
         let entry = &route.get().entry;
-        if this.config.load().nested == Nested::Queue && !nested::is_active(this.id) {
+        // the flags, not `config.load()`: an atomic byte, not an ArcSwap load (~70 instructions)
+        if this.flags.load(Ordering::Relaxed) & QUEUE != 0 && !nested::is_active(this.id) {
             return this.execute_outermost(py, entry, command);
         }
         call_entry(py, entry, command)
@@ -530,35 +546,30 @@ impl Dispatcher {
 
 /// `Dispatcher.execute` as a METH_O method: CPython calls it with the command directly, with
 /// none of the argument parsing of a `#[pymethods]` method (the difference is measurable next
-/// to a handler call, which is all `execute` otherwise costs).
-unsafe extern "C" fn execute_o(
+/// to a handler call, which is all `execute` otherwise costs). It runs in PyO3's own
+/// trampoline for a `(self, arg)` C function, as a `#[pymethods]` method does: PyO3 counts the
+/// thread as attached (so the `Py` values dropped in the call, a failure's traceback or a
+/// handled PyErr, are released at once instead of queued for PyO3's next attach: see
+/// tests/test_command_release.py), catches panics, and raises the returned error. That costs
+/// a thread-local increment, where `Python::attach` costs a `PyGILState_Ensure`/`Release`
+/// pair (~160 instructions a call, counted by callgrind).
+///
+/// # Safety
+/// Called by CPython (through the trampoline) with the GIL held and two borrowed, live
+/// objects; the method descriptor checked that `slf` is a Dispatcher (or a subclass).
+unsafe fn execute_body(
+    py: Python<'_>,
     slf: *mut ffi::PyObject,
     command: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a METH_O method with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: both pointers are borrowed, live objects for the duration of the call; the
-        // method descriptor checked that `slf` is an instance of Dispatcher (or a subclass).
-        let (slf, command) = unsafe {
-            (
-                Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Dispatcher>(),
-                Bound::from_borrowed_ptr(py, command),
-            )
-        };
-        Dispatcher::execute_impl(&slf, &command)
-    }));
-    match outcome {
-        Ok(Ok(result)) => result.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            pyo3::panic::PanicException::new_err("domainbus: execute panicked").restore(py);
-            std::ptr::null_mut()
-        }
-    }
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: see the function's contract.
+    let (slf, command) = unsafe {
+        (
+            Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Dispatcher>(),
+            Bound::from_borrowed_ptr(py, command),
+        )
+    };
+    Dispatcher::execute_impl(&slf, &command).map(Bound::into_ptr)
 }
 
 struct MethodDef(ffi::PyMethodDef);
@@ -569,7 +580,7 @@ unsafe impl Sync for MethodDef {}
 static EXECUTE: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"execute".as_ptr(),
     ml_meth: ffi::PyMethodDefPointer {
-        PyCFunction: execute_o,
+        PyCFunction: pyo3::impl_::trampoline::get_trampoline_function!(binaryfunc, execute_body),
     },
     ml_flags: ffi::METH_O,
     ml_doc: c"execute($self, command, /)\n--\n\nRun the handler of `command`'s exact type and return its result.".as_ptr(),
@@ -735,6 +746,13 @@ impl Dispatcher {
             }))
         })?;
         Ok(middleware.clone())
+    }
+
+    /// Call `callback` when this thread's "queue" FIFO is empty again; False if none is open
+    /// (the unit of work's hook: see `domainbus.pure.dispatcher.Dispatcher._after_drain`).
+    fn _after_drain(&self, callback: &Bound<'_, PyAny>) -> bool {
+        self.config.load().nested == Nested::Queue
+            && nested::after_drain(self.id, callback.clone().unbind()).is_ok()
     }
 
     /// Awaitable `execute`: an awaitable result is awaited (see `domainbus._commands`).

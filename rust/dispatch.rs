@@ -228,6 +228,7 @@ impl Dispatcher {
                 for (index, event) in events.enumerate() {
                     let index = batch.then_some(index);
                     let event = event?;
+                    let before = failures.as_ref().map_or(0, Vec::len);
                     let one = self.dispatch_one(&mut cursor, &config, &event, index, &mut failures);
                     calls += errors::at_batch_index(py, one, index)?;
                     pacer.tick(py)?;
@@ -249,6 +250,13 @@ impl Dispatcher {
                         }
                         pacer.tick(py)?;
                     }
+                    // the unit-of-work hook (`_after_drain`): this event's cascade is done
+                    let after = nested::take_after(self.id);
+                    if !after.is_empty() {
+                        let failure = failures.as_ref().and_then(|f| f.get(before));
+                        let failure = failure.map(|err| err.value(py).clone().into_any());
+                        nested::drained(py, after, failure.as_ref())?;
+                    }
                 }
                 Ok(())
             };
@@ -258,6 +266,7 @@ impl Dispatcher {
                     let note = format!("domainbus: {left} queued event(s) were not dispatched");
                     errors::add_note(py, &err, &note)?;
                 }
+                nested::drained_by(py, self.id, &err)?;
                 return Err(err);
             }
         }

@@ -463,7 +463,8 @@ impl Dispatcher {
         PyTuple::new(py, live)
     }
 
-    /// Remove every registration.
+    /// Remove every event handler and command handler; what was `provide`d and the
+    /// middleware stay (pure/commands.py rule 1).
     fn clear(&self) -> PyResult<()> {
         self.commands.clear_handlers()?;
         self.update(|snapshot| Ok((!snapshot.registry.is_empty()).then(Registry::default)))

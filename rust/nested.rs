@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 struct Frame {
     owner: u64,
     fifo: VecDeque<Py<PyAny>>,
+    /// `Dispatcher._after_drain` callbacks, called when the FIFO is next empty.
+    after: Vec<Py<PyAny>>,
 }
 
 thread_local! {
@@ -39,6 +41,44 @@ pub fn push(owner: u64, event: Py<PyAny>) -> Result<(), Py<PyAny>> {
     event.map_or(Ok(()), Err)
 }
 
+/// Keep `callback` for when `owner`'s FIFO on this thread is next drained; false (and the
+/// callback handed back) when no outermost dispatch of `owner` runs here.
+pub fn after_drain(owner: u64, callback: Py<PyAny>) -> Result<(), Py<PyAny>> {
+    let mut callback = Some(callback);
+    with_frame(owner, |frame| frame.after.extend(callback.take()));
+    callback.map_or(Ok(()), Err)
+}
+
+/// The callbacks kept by `after_drain` for `owner`'s frame on this thread, now forgotten.
+pub fn take_after(owner: u64) -> Vec<Py<PyAny>> {
+    with_frame(owner, |frame| std::mem::take(&mut frame.after)).unwrap_or_default()
+}
+
+/// Call the callbacks `take_after` returned, in order, with the failure (or None): the
+/// twin of `domainbus._async.drained`. The first one that raises stops the rest.
+pub fn drained(
+    py: Python<'_>,
+    callbacks: Vec<Py<PyAny>>,
+    failure: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    for callback in callbacks {
+        match failure {
+            Some(failure) => callback.bind(py).call1((failure,))?,
+            None => callback.bind(py).call1((py.None(),))?,
+        };
+    }
+    Ok(())
+}
+
+/// `take_after` then `drained` with a `PyErr` (the exception about to propagate).
+pub fn drained_by(py: Python<'_>, owner: u64, err: &PyErr) -> PyResult<()> {
+    let callbacks = take_after(owner);
+    if callbacks.is_empty() {
+        return Ok(());
+    }
+    drained(py, callbacks, Some(err.value(py).as_any()))
+}
+
 pub fn pop(owner: u64) -> Option<Py<PyAny>> {
     with_frame(owner, |frame| frame.fifo.pop_front()).flatten()
 }
@@ -58,6 +98,7 @@ impl FrameGuard {
             frames.borrow_mut().push(Frame {
                 owner,
                 fifo: VecDeque::new(),
+                after: Vec::new(),
             })
         });
         Self { owner }

@@ -526,6 +526,51 @@ def test_middleware_order_and_results(make_dispatcher: Any) -> None:
     ]
 
 
+def test_clear_removes_handlers_and_keeps_dependencies_and_middleware(
+    make_dispatcher: Any,
+) -> None:
+    d = make_dispatcher(nested="queue")
+    log: list[str] = []
+    notifications = Notifications()
+    d.provide(notifications, log=log)
+
+    def around(command: Any, call_next: Any, log: list[str]) -> Any:
+        log.append("around")
+        return call_next(command)
+
+    def handler(command: Allocate, notifications: Notifications) -> str:
+        notifications.sent.append(command.sku)
+        d.dispatch(Noted(command.sku))
+        return "ok"
+
+    def on_noted(event: Noted, log: list[str]) -> None:
+        log.append(f"noted {event.text}")
+
+    d.add_middleware(around)
+    d.register_command_handler(Allocate, handler)
+    d.register_handler(Noted, on_noted)
+    d.clear()
+    assert d.command_handler_for(Allocate) is None
+    assert d.handlers_for(Noted) == ()
+    with pytest.raises(UnknownCommand):
+        d.execute(Allocate("gone"))
+    assert log == [] and notifications.sent == []
+    # what was provided stays, for the handlers registered afterwards, and stays provided once
+    with pytest.raises(ValueError, match="already provided"):
+        d.provide(log=[])
+    with pytest.raises(ValueError, match="already provided"):
+        d.provide(Notifications())
+    d.register_command_handler(Allocate, handler)
+    d.register_handler(Noted, on_noted)
+    # the middleware stays too: it wraps the handler registered after clear()
+    assert d.execute(Allocate("x")) == "ok"
+    assert log == ["around", "noted x"]
+    assert notifications.sent == ["x"]
+    d.clear()
+    d.clear()  # clearing an empty dispatcher is fine
+    assert d.command_handler_for(Allocate) is None
+
+
 def test_middleware_can_short_circuit_and_errors_keep_the_note(make_dispatcher: Any) -> None:
     d = make_dispatcher()
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,17 +54,48 @@ class _AsyncCapable(Protocol):
     def _take(self, registration: Any) -> Any: ...
 
 
-# (dispatcher, fifo) of every outermost queue-mode dispatch_async running in this context
-_FRAMES: ContextVar[tuple[tuple[object, deque[object]], ...]] = ContextVar(
+AfterDrain = Callable[[BaseException | None], object]
+
+
+class Frame:
+    """One outermost queue-mode async call: its FIFO and the callbacks of `after_drain`."""
+
+    __slots__ = ("after", "fifo")
+
+    def __init__(self) -> None:
+        self.fifo: deque[object] = deque()
+        self.after: list[AfterDrain] = []
+
+
+# (dispatcher, frame) of every outermost queue-mode async call running in this context
+_FRAMES: ContextVar[tuple[tuple[object, Frame], ...]] = ContextVar(
     "domainbus_async_frames", default=()
 )
 
 
-def _active_fifo(dispatcher: object) -> deque[object] | None:
-    for owner, fifo in _FRAMES.get():
+def _active_frame(dispatcher: object) -> Frame | None:
+    for owner, frame in _FRAMES.get():
         if owner is dispatcher:
-            return fifo
+            return frame
     return None
+
+
+def after_drain(dispatcher: object, callback: AfterDrain) -> bool:
+    """`Dispatcher._after_drain` (see `domainbus.pure.dispatcher`) for the async FIFO of
+    `dispatcher` in this context: False when no outermost queue-mode async call runs here."""
+    frame = _active_frame(dispatcher)
+    if frame is None:
+        return False
+    frame.after.append(callback)
+    return True
+
+
+def drained(after: list[AfterDrain], failure: BaseException | None) -> None:
+    """Run (and forget) the callbacks of `after_drain`, in registration order."""
+    callbacks = after[:]
+    del after[:]
+    for callback in callbacks:
+        callback(failure)
 
 
 async def dispatch_async(
@@ -79,9 +110,9 @@ async def dispatch_async(
                 "dispatch_batch_async() needs an iterable of events, "
                 f"not {type(events).__qualname__}"
             ) from None
-    fifo = _active_fifo(dispatcher)
-    if fifo is not None:  # "queue" mode, called from a handler: defer to the outermost call
-        fifo.extend(events)
+    frame = _active_frame(dispatcher)
+    if frame is not None:  # "queue" mode, called from a handler: defer to the outermost call
+        frame.fifo.extend(events)
         return 0
     run = _Run(dispatcher, concurrent)
     if dispatcher.nested == "immediate":
@@ -93,10 +124,12 @@ async def dispatch_async(
                     set_batch_index(exc, index)
                 raise
     else:
-        fifo = deque()
-        token = _FRAMES.set((*_FRAMES.get(), (dispatcher, fifo)))
+        frame = Frame()
+        fifo, after = frame.fifo, frame.after
+        token = _FRAMES.set((*_FRAMES.get(), (dispatcher, frame)))
         try:
             for index, event in enumerate(events):
+                before = len(run.failures)
                 try:
                     await run.event(event, index if batch else None)
                     while fifo:  # the events it queued belong to it (rule 8: batch_index)
@@ -109,9 +142,13 @@ async def dispatch_async(
                     if batch:
                         set_batch_index(exc, index)
                     raise
+                if after:
+                    new = run.failures[before:]
+                    drained(after, new[0] if new else None)
         except BaseException as exc:
             if fifo:
                 exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+            drained(after, exc)
             raise
         finally:
             _FRAMES.reset(token)

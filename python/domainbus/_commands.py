@@ -18,12 +18,11 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections import deque
 from collections.abc import Callable, Mapping
 from types import FunctionType
 from typing import Any, Protocol
 
-from domainbus._async import _FRAMES, _active_fifo, _Run
+from domainbus._async import _FRAMES, Frame, _active_frame, _Run, drained
 from domainbus._notes import describe_handler
 from domainbus.errors import UnknownCommand
 
@@ -359,10 +358,11 @@ async def execute_async(dispatcher: _CommandCapable, command: object) -> Any:
     handler returns, first in first out, with the dispatcher's `on_error` for the events.
     """
     call, handler = dispatcher._command_route(command)
-    if dispatcher.nested == "immediate" or _active_fifo(dispatcher) is not None:
+    if dispatcher.nested == "immediate" or _active_frame(dispatcher) is not None:
         return await _call(call, handler, command)
-    fifo: deque[object] = deque()
-    token = _FRAMES.set((*_FRAMES.get(), (dispatcher, fifo)))
+    frame = Frame()
+    fifo = frame.fifo
+    token = _FRAMES.set((*_FRAMES.get(), (dispatcher, frame)))
     run = _Run(dispatcher, False)
     try:
         result = await _call(call, handler, command)
@@ -371,9 +371,11 @@ async def execute_async(dispatcher: _CommandCapable, command: object) -> Any:
     except BaseException as exc:
         if fifo:
             exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+        drained(frame.after, exc)
         raise
     finally:
         _FRAMES.reset(token)
+    drained(frame.after, run.failures[0] if run.failures else None)
     if run.failures:
         raise ExceptionGroup(f"domainbus: {len(run.failures)} handler(s) failed", run.failures)
     return result

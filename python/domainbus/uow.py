@@ -30,6 +30,14 @@ events of every aggregate the session has loaded or added, without a `track` cal
 aggregate joins when the unit of work first finds it in the session (looked at in every `track`
 and `record` call, at the commit, and after each event its handlers dispatch).
 
+Inside an outermost call of a `nested="queue"` dispatcher (a command's `execute`, or an event
+handler of an outermost `dispatch`), dispatching only appends the events to the call's FIFO.
+With an outbox their rows are then settled as delivered once that FIFO has dispatched them (the
+dispatcher's `_after_drain` hook), and stay claimed for `relay()` when the call fails first (the
+command handler, a later event's handler, or a failure collected meanwhile under "collect").
+Their handlers run after the unit of work has closed: events they record belong to their own
+unit of work.
+
 Writes that handlers make through the unit of work's connection while it dispatches, and that
 leave a transaction open (the sqlite3 module's legacy mode opens one before an INSERT, psycopg
 with autocommit off before any statement, a SQLAlchemy session at its first use), are committed
@@ -47,6 +55,7 @@ from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
+from domainbus._async import after_drain
 from domainbus._log import log_failure
 from domainbus._trace import current_traceparent
 from domainbus.outbox.failures import settle_after_failure
@@ -174,6 +183,10 @@ class _UnitOfWorkBase:
         self._own: _OwnEvents | None = None
         self._state = _NEW
         self._accepting = False  # inside the with block or its dispatch
+        # how to ask the dispatcher to call back once its "queue" FIFO has drained (set by
+        # the twins), and the outbox batches waiting for that while the events are queued
+        self._defer: Callable[[Callable[[BaseException | None], object]], bool] | None = None
+        self._deferred: list[OutboxBatch] | None = None
 
     @property
     def connection(self) -> Any:
@@ -307,13 +320,20 @@ class _UnitOfWorkBase:
             if tx.in_transaction:  # writes the handlers made through the connection
                 tx.commit()
             return following
+        deferred = self._deferred  # the events were only queued: settled by `_drained`
         if following is None and not tx.in_transaction:
-            outbox.hold(batch)  # marked delivered by the next commit on this outbox
+            if deferred is not None:
+                deferred.append(batch)
+            else:
+                outbox.hold(batch)  # marked delivered by the next commit on this outbox
             return None
         if not tx.in_transaction:
             tx.begin()
         try:
-            outbox.settle(batch, delivered=batch.ids)
+            if deferred is not None:
+                deferred.append(batch)
+            else:
+                outbox.settle(batch, delivered=batch.ids)
             if following is not None:
                 following.batch = outbox.append(round_.payloads, traceparent=current_traceparent())
             tx.commit()
@@ -331,6 +351,14 @@ class _UnitOfWorkBase:
         """Put the store in order after a handler raised while dispatching event `index`."""
         self._collect()  # what the failing handler recorded goes with its writes
         tx, outbox, batch, events = self._tx, self._outbox, round_.batch, round_.events
+        if self._deferred is not None and batch is not None:
+            self._deferred = None  # the events already queued run, but nothing is settled
+            exc.add_note(
+                f"domainbus: the unit of work was committed; its outbox rows {batch.ids[0]}-"
+                f"{batch.ids[-1]} stay claimed until the lease runs out, then relay() "
+                "delivers them again"
+            )
+            return
         if outbox is None or batch is None:
             left = len(events) - index - 1 + len(round_.queued)
             if tx is not None and tx.in_transaction:
@@ -376,6 +404,9 @@ class _UnitOfWorkBase:
         and sends back None, or the exception the dispatch raised.
         """
         round_: _Round | None = yield _STORE, self._commit
+        if round_ is not None and round_.batch is not None and self._defer is not None:
+            if self._defer(self._drained):  # inside a "queue"-mode call: dispatch only queues
+                self._deferred = []
         while round_ is not None and round_.events:
             for index, event in enumerate(round_.events):
                 failure: BaseException | None = yield _DISPATCH, event
@@ -388,6 +419,24 @@ class _UnitOfWorkBase:
                     yield _STORE, functools.partial(self._fail, failure, round_, index)
                     raise failure
             round_ = yield _STORE, functools.partial(self._next_round, round_)
+
+    def _drained(self, failure: BaseException | None) -> None:
+        """The dispatcher's FIFO, to which this unit of work's events were only appended, has
+        dispatched them (`failure` None): their rows are delivered, with the next commit on
+        the outbox. Or `failure` stopped it first (or was collected meanwhile): the rows stay
+        claimed until the lease runs out, then relay() delivers them again (at least once)."""
+        batches, self._deferred = self._deferred, None
+        if not batches or self._outbox is None:
+            return
+        if failure is None:
+            for batch in batches:
+                self._outbox.hold(batch)
+            return
+        rows = ", ".join(f"{b.ids[0]}-{b.ids[-1]}" for b in batches)
+        failure.add_note(
+            f"domainbus: a unit of work committed in this call queued its events; its outbox "
+            f"rows {rows} stay claimed until the lease runs out, then relay() delivers them again"
+        )
 
 
 _STORE, _DISPATCH = 0, 1  # the kinds of step of `_UnitOfWorkBase._steps`
@@ -443,6 +492,7 @@ class UnitOfWork(_UnitOfWorkBase):
         super().__init__(connection, outbox=outbox, track_session=track_session)
         if self._async_tx is not None:
             raise TypeError("an AsyncSession or AsyncConnection needs AsyncUnitOfWork")
+        self._defer = getattr(dispatcher, "_after_drain", None)
 
     def __enter__(self) -> Self:
         self._open()
@@ -507,6 +557,7 @@ class AsyncUnitOfWork(_UnitOfWorkBase):
             raise TypeError(f"concurrent must be a bool, not {type(concurrent).__qualname__}")
         self._concurrent = concurrent
         super().__init__(connection, outbox=outbox, track_session=track_session)
+        self._defer = functools.partial(after_drain, dispatcher)
 
     async def _run(self, step: Callable[[], Any]) -> Any:
         if self._async_tx is None:

@@ -31,8 +31,10 @@ whose result the caller gets back (MediatR's Send vs Publish, the cosmic-python 
    order, then what their handlers caused, in the order it was caused. A nested `execute` (from
    an event handler, or from a command handler) runs its handler at once (its result is
    returned to its caller) and its events join the same FIFO. If the handler raises, the
-   events it queued are not dispatched and a note says how many. With `nested="immediate"`
-   every dispatch runs at once, depth-first, as it does outside commands.
+   events it queued are not dispatched and a note says how many. A unit of work with an
+   outbox settles its rows as delivered only once the FIFO has dispatched its events
+   (`Dispatcher._after_drain`; see `domainbus.uow`). With `nested="immediate"` every dispatch
+   runs at once, depth-first, as it does outside commands.
 6. **Dependencies.** `provide(*by_type, **by_name)` gives values once at start-up. Every handler
    registered afterwards (command or event handler) has its parameters after the first
    resolved at registration: by name, else by annotation among the values provided by type,
@@ -55,6 +57,7 @@ from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from domainbus._async import AfterDrain, drained
 from domainbus._commands import (
     Dependencies,
     bind_event_handler,
@@ -213,7 +216,8 @@ class Commands:
     def _execute_outermost(self, entry: _Entry, command: object) -> Any:
         """Rule 5, "queue" mode: the handler runs with the FIFO open, then the FIFO drains."""
         fifo: deque[object] = deque()
-        self._local.fifo = fifo
+        after: list[AfterDrain] = []
+        self._local.fifo, self._local.after = fifo, after
         failures: list[Exception] | None = [] if self._on_error == "collect" else None
         try:
             result = _call(entry, command)
@@ -222,12 +226,22 @@ class Commands:
         except BaseException as exc:
             if fifo:
                 exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+            drained(after, exc)
             raise
         finally:
-            self._local.fifo = None
+            self._local.fifo = self._local.after = None
+        drained(after, failures[0] if failures else None)
         if failures:
-            raise ExceptionGroup(f"domainbus: {len(failures)} handler(s) failed", failures)
+            raise _collected(failures)
         return result
+
+
+def _collected(failures: list[Exception]) -> ExceptionGroup[Exception]:
+    """The group of "collect"; the list is emptied, so that the frames in its members'
+    tracebacks (which refer to the list) form no cycle with them: freed without the GC."""
+    group = ExceptionGroup(f"domainbus: {len(failures)} handler(s) failed", failures)
+    failures.clear()
+    return group
 
 
 def _call(entry: _Entry, command: object) -> Any:

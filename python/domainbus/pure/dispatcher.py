@@ -66,7 +66,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from types import CoroutineType, MethodType
 from typing import Any, Literal, TypeVar
 
-from domainbus._async import dispatch_async
+from domainbus._async import AfterDrain, dispatch_async, drained
 from domainbus._notes import describe_handler, failure_note, set_batch_index
 from domainbus.pure._docs import with_rules
 from domainbus.pure.commands import Commands
@@ -314,7 +314,8 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         return tuple(h for h in live if h is not None)
 
     def clear(self) -> None:
-        """Remove every registration."""
+        """Remove every event handler and command handler; what was `provide`d and the
+        middleware stay (pure/commands.py rule 1)."""
         with self._lock:
             self._publish({})
             self._clear_commands()
@@ -459,8 +460,11 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         failures: list[Exception] | None = [] if self._collect else None
         calls = 0
         fifo = self._local.fifo = deque()
+        after: list[AfterDrain] = []
+        self._local.after = after
         try:
             for index, event in enumerate(events):
+                before = len(failures) if failures is not None else 0
                 try:
                     calls += self._dispatch_one(event, index if batch else None, failures)
                     while fifo:  # the events it queued belong to it (rule 8: batch_index)
@@ -473,15 +477,36 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
                     if batch:
                         set_batch_index(exc, index)
                     raise
+                if after:
+                    drained(
+                        after, failures[before] if failures and len(failures) > before else None
+                    )
         except BaseException as exc:
             if fifo:
                 exc.add_note(f"domainbus: {len(fifo)} queued event(s) were not dispatched")
+            drained(after, exc)
             raise
         finally:
-            self._local.fifo = None
+            self._local.fifo = self._local.after = None
         if failures:
             raise _group(failures)
         return calls
+
+    def _after_drain(self, callback: AfterDrain) -> bool:
+        """Call `callback` when this thread's "queue" FIFO is empty again; False if none is open.
+
+        The unit of work's hook (`domainbus.uow`): inside an outermost "queue"-mode call its
+        events are only appended to the FIFO, so it settles their outbox rows when they were
+        really dispatched. `callback(None)` runs once the outermost call has drained the FIFO
+        after the event (or command) during which it was registered, with no failure since
+        that event began; `callback(exc)` when `exc` stopped the call (rule 5), or was the
+        first failure collected meanwhile under "collect" (which event failed is not known).
+        """
+        after: list[AfterDrain] | None = getattr(self._local, "after", None)
+        if after is None:
+            return False
+        after.append(callback)
+        return True
 
     def _dispatch_one(
         self, event: object, index: int | None, failures: list[Exception] | None
