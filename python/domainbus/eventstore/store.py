@@ -13,7 +13,7 @@ version (upcast) or a bad row falls back to decoding row by row.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ __all__ = [
     "check_append",
     "check_page",
     "check_range",
+    "decode_joined",
     "decode_rows",
     "page_to_stored",
 ]
@@ -51,18 +52,50 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     event: DomainEvent
 
 
-@dataclass(slots=True)
 class Page:
-    """Rows read together, in order: parallel lists (the events decoded with one call)."""
+    """Rows read together, in order: `positions` and `events` (decoded with one call), and
+    the parallel lists `stream_ids` and `versions`. A store may read those two only when
+    first asked for (`load`: a projection runner never needs them)."""
 
-    positions: list[int]
-    stream_ids: list[str]
-    versions: list[int]
-    events: list[DomainEvent]
+    __slots__ = ("_load", "_stream_ids", "_versions", "events", "positions")
+
+    def __init__(
+        self,
+        positions: list[int],
+        stream_ids: list[str] | None,
+        versions: list[int] | None,
+        events: list[DomainEvent],
+        load: Callable[[], tuple[list[str], list[int]]] | None = None,
+    ) -> None:
+        self.positions = positions
+        self.events = events
+        self._stream_ids, self._versions, self._load = stream_ids, versions, load
+
+    def _loaded(self) -> tuple[list[str], list[int]]:
+        if self._stream_ids is None or self._versions is None:
+            if self._load is None:
+                raise ValueError("a page without stream ids and versions, and no way to read them")
+            self._stream_ids, self._versions = self._load()
+            self._load = None
+        return self._stream_ids, self._versions
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return self._loaded()[0]
+
+    @property
+    def versions(self) -> list[int]:
+        return self._loaded()[1]
 
     @property
     def last_position(self) -> int:
         return self.positions[-1]
+
+    def __repr__(self) -> str:
+        if not self.events:
+            return "<Page of 0 events>"
+        first, last = self.positions[0], self.positions[-1]
+        return f"<Page of {len(self.events)} events, positions {first}..{last}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +232,17 @@ def _array_header(count: int) -> bytes:
     if count < 0x10000:
         return b"\xdc" + struct.pack(">H", count)
     return b"\xdd" + struct.pack(">I", count)
+
+
+def decode_joined(codec: EventCodec, count: int, joined: bytes) -> list[DomainEvent] | None:
+    """`count` payloads joined into one bytes object (as a page-at-once query returns them),
+    decoded with one call (upcasting as needed); None when that fails or does not give
+    `count` events: then decode the rows one by one (`decode_rows`) to name the bad one."""
+    try:
+        events = codec.decode_batch(_array_header(count) + joined)
+    except DecodeError:
+        return None
+    return events if len(events) == count else None
 
 
 def decode_rows(
