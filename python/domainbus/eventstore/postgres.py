@@ -400,6 +400,16 @@ class PostgresTracking:
         row = self.connection.execute(sql, (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def locked_position(self, name: str) -> int:
+        """The position, read in the open transaction with the record locked until it ends
+        (one statement: made if missing, else "updated" to itself, which takes the lock)."""
+        row = self.connection.execute(
+            "INSERT INTO domainbus_tracking VALUES (%s, 0) ON CONFLICT (name) "
+            "DO UPDATE SET position = domainbus_tracking.position RETURNING position",
+            (name,),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
     def transaction(self) -> Any:
         return self.connection.transaction()
 

@@ -153,16 +153,41 @@ class ProjectionRunner:
     def catch_up(self, progress: Callable[[int], object] | None = None) -> int:
         """Apply every event after the tracked position; returns how many were applied.
 
-        `progress(count)` is called after each committed page.
+        `progress(count)` is called after each committed page. Each page's transaction first
+        checks, under the lock its transaction holds, that the tracked position is still the
+        one this runner read: when another runner of the same projection moved it on, or a
+        `reset` (`replay --from-scratch`) set it back, the page is not applied and the runner
+        carries on from the tracked position (so two runners never apply a page twice, and a
+        rebuild started meanwhile is completed, not clobbered).
         """
+        tracking, name = self.projection.tracking, self.projection.projection_name
+        applied = 0
+        while True:
+            position = tracking.position(name)
+            count, moved_to = self._pages_from(position, progress)
+            applied += count
+            if moved_to is None:
+                return applied
+            _logger.info(
+                "projection %r: its tracked position moved to %s (another runner, or a reset); "
+                "carrying on from there", name, moved_to,
+            )  # fmt: skip
+
+    def _pages_from(
+        self, position: int, progress: Callable[[int], object] | None
+    ) -> tuple[int, int | None]:
+        """Apply the pages after `position`: (events applied, None), or (events applied, the
+        tracked position) when that moved away from this runner's."""
         projection = self.projection
         tracking, name = projection.tracking, projection.projection_name
         dispatch_batch = projection.dispatcher.dispatch_batch
-        position = tracking.position(name)
         applied = 0
         for page in self.store.read_pages(position, self.page_size):
             try:
                 with tracking.transaction():
+                    tracked = tracking.locked_position(name)
+                    if tracked != position:
+                        return applied, tracked  # nothing written: the empty transaction ends
                     dispatch_batch(page.events)
                     projection.flush()
                     tracking.set_position(name, page.last_position)
@@ -186,7 +211,7 @@ class ProjectionRunner:
             applied += len(page.events)
             if progress is not None:
                 progress(len(page.events))
-        return applied
+        return applied, None
 
     def run(self, stop: threading.Event, *, on_page: Callable[[int], object] | None = None) -> int:
         """Catch up, then follow new events until `stop` is set; returns the events applied."""

@@ -462,6 +462,11 @@ class SqliteTracking:
         row = self._cursor.execute(sql, (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def locked_position(self, name: str) -> int:
+        """The position, read in the open transaction (BEGIN IMMEDIATE: no other writer can
+        change it before this transaction ends)."""
+        return self.position(name)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
