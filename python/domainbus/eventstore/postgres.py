@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from domainbus._trace import current_traceparent
 from domainbus.codec import EventCodec
 from domainbus.errors import ConcurrencyError
 from domainbus.events import DomainEvent
@@ -78,6 +79,7 @@ SCHEMA = (
         version bigint NOT NULL,
         payload bytea NOT NULL,
         tx xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        traceparent text,
         UNIQUE (stream_id, version)
     )""",
     "CREATE INDEX IF NOT EXISTS domainbus_events_order ON domainbus_events (tx, position)",
@@ -97,8 +99,8 @@ SCHEMA = (
 
 _INSERT_EVENTS = """
     ins AS (
-        INSERT INTO domainbus_events (stream_id, version, payload)
-        SELECT %(stream)s, %(expected)s + t.ord, t.payload
+        INSERT INTO domainbus_events (stream_id, version, payload{traced})
+        SELECT %(stream)s, %(expected)s + t.ord, t.payload{traced_value}
         FROM s, unnest(%(payloads)s::bytea[]) WITH ORDINALITY AS t(payload, ord)
         ORDER BY t.ord
         RETURNING 1
@@ -118,11 +120,19 @@ _NEXT_VERSION = """
     ),
 """
 _NOTIFY = f", pg_notify('{CHANNEL}', '')"
+_TRACED = {"traced": ", traceparent", "traced_value": ", %(traceparent)s::text"}
+_UNTRACED = {"traced": "", "traced_value": ""}
+HAS_TRACEPARENT = (
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'domainbus_events'::regclass "
+    "AND attname = 'traceparent' AND NOT attisdropped"
+)
+ADD_TRACEPARENT = "ALTER TABLE domainbus_events ADD COLUMN IF NOT EXISTS traceparent text"
 STREAM_VERSION = "SELECT version FROM domainbus_streams WHERE stream_id = %s"
 TX_OF = "SELECT tx::text FROM domainbus_events WHERE position = %s"
 _VISIBLE = "tx < pg_snapshot_xmin(pg_current_snapshot())"
 SELECT_ALL = (
-    "SELECT position, stream_id, version, payload, tx::text AS tx_text FROM domainbus_events "
+    "SELECT position, stream_id, version, payload, tx::text AS tx_text, traceparent "
+    "FROM domainbus_events "
     f"WHERE (tx, position) > (%s::xid8, %s) AND {_VISIBLE} ORDER BY tx, position LIMIT %s"
 )
 COUNT_AFTER = "SELECT count(*) FROM domainbus_events WHERE (tx, position) > (%s::xid8, %s)"
@@ -159,6 +169,10 @@ def _run_schema(connection: psycopg.Connection[Any]) -> None:
     with connection.transaction():
         for statement in SCHEMA:
             connection.execute(statement)
+        # a database made before the traceparent column: add it (NULL in the existing rows)
+        found = connection.execute(HAS_TRACEPARENT).fetchone()
+        if found is None or not found[0]:
+            connection.execute(ADD_TRACEPARENT)
 
 
 class PostgresEventStore:
@@ -204,8 +218,12 @@ class PostgresEventStore:
         self.codec = codec
         self.notify = bool(notify)
         notify_sql = _NOTIFY if notify else ""
-        self._append_new = _NEW_STREAM + _INSERT_EVENTS.format(notify=notify_sql)
-        self._append_next = _NEXT_VERSION + _INSERT_EVENTS.format(notify=notify_sql)
+        self._append_new = _NEW_STREAM + _INSERT_EVENTS.format(notify=notify_sql, **_UNTRACED)
+        self._append_next = _NEXT_VERSION + _INSERT_EVENTS.format(notify=notify_sql, **_UNTRACED)
+        self._append_traced = (  # tracing on (domainbus.observe): the traceparent too
+            _NEW_STREAM + _INSERT_EVENTS.format(notify=notify_sql, **_TRACED),
+            _NEXT_VERSION + _INSERT_EVENTS.format(notify=notify_sql, **_TRACED),
+        )
         self._idle = pg.pq.TransactionStatus.IDLE
         self._intrans = pg.pq.TransactionStatus.INTRANS
         self._cursor = connection.cursor(binary=True)
@@ -236,6 +254,10 @@ class PostgresEventStore:
         params = {"stream": stream_id, "expected": expected_version, "n": len(payloads),
                   "payloads": payloads}  # fmt: skip
         sql = self._append_next if expected_version else self._append_new
+        traceparent = current_traceparent()  # None unless tracing is on (domainbus.observe)
+        if traceparent is not None:
+            params["traceparent"] = traceparent
+            sql = self._append_traced[1 if expected_version else 0]
         connection = self.connection
         status = connection.info.transaction_status
         if status == self._intrans or (status == self._idle and connection.autocommit):
@@ -318,9 +340,11 @@ class PostgresEventStore:
             rows = cursor.execute(SELECT_ALL, (tx, after, size)).fetchall()
             if not rows:
                 return
-            positions, stream_ids, versions, payloads, txs = zip(*rows, strict=True)
+            positions, stream_ids, versions, payloads, txs, traceparents = map(
+                list, zip(*rows, strict=True)
+            )
             events = decode_rows(codec, payloads, stream_ids, versions, positions)
-            yield Page(positions, stream_ids, versions, events)  # type: ignore[arg-type]
+            yield Page(positions, stream_ids, versions, events, traceparents=traceparents)
             if len(rows) < size:
                 return
             tx, after, left = txs[-1], positions[-1], left - len(rows)

@@ -19,6 +19,10 @@ committed read model and the tracked position agree, so the runner resumes exact
 committed state ends: no event missed, none applied twice. A handler that raises rolls the
 whole page back (nothing of it is applied) and the runner stops with the exception.
 
+Tracing: with `domainbus.observe` on, each event is stored with the traceparent of the code
+that appended it, and the runner hands a page's traceparents to the instrumented dispatcher,
+whose span continues that trace (one origin) or links each (several), as the relay does.
+
 Following: on PostgreSQL the runner LISTENs for the store's notifications (each append sends
 one at commit) and reads at once; a timeout of `poll_interval` covers events that were not
 yet readable (see `domainbus.eventstore.postgres`). On SQLite it polls every `poll_interval`.
@@ -32,10 +36,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import domainbus
+from domainbus import _trace
 from domainbus._log import log_failure
 from domainbus.delivery import batch_index
 from domainbus.eventstore._marks import marked_methods
-from domainbus.eventstore.store import DEFAULT_PAGE_SIZE, EventStore
+from domainbus.eventstore.store import DEFAULT_PAGE_SIZE, EventStore, Page
 
 __all__ = ["Projection", "ProjectionRunner", "handles"]
 
@@ -73,6 +78,15 @@ def _tracking_for(connection: Any) -> Any:
 
 
 _logger = logging.getLogger("domainbus.eventstore")
+
+
+def _enter_trace(page: Page) -> Any:
+    """When tracing is on (`domainbus.observe`), hand the page's stored traceparents to the
+    dispatcher (its span continues or links the traces that appended the events)."""
+    if _trace.capture is None:
+        return None
+    traceparents = page.traceparents
+    return _trace.incoming.set(traceparents) if any(traceparents) else None
 
 
 class Projection:
@@ -188,7 +202,12 @@ class ProjectionRunner:
                     tracked = tracking.locked_position(name)
                     if tracked != position:
                         return applied, tracked  # nothing written: the empty transaction ends
-                    dispatch_batch(page.events)
+                    token = _enter_trace(page)
+                    try:
+                        dispatch_batch(page.events)
+                    finally:
+                        if token is not None:
+                            _trace.incoming.reset(token)
                     projection.flush()
                     tracking.set_position(name, page.last_position)
             except BaseException as exc:

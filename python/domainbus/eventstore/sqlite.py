@@ -39,11 +39,13 @@ from typing import Any, Literal
 
 import msgspec
 
+from domainbus._trace import current_traceparent
 from domainbus.codec import EventCodec
 from domainbus.errors import ConcurrencyError
 from domainbus.events import DomainEvent
 from domainbus.eventstore.store import (
     DEFAULT_PAGE_SIZE,
+    Meta,
     Page,
     Snapshot,
     StoredEvent,
@@ -67,6 +69,7 @@ SCHEMA = (
         stream_id TEXT NOT NULL,
         version INTEGER NOT NULL,
         payload BLOB NOT NULL,
+        traceparent TEXT,
         UNIQUE (stream_id, version)
     )""",
     """CREATE TABLE IF NOT EXISTS domainbus_snapshots (
@@ -84,6 +87,13 @@ SCHEMA = (
 )
 STREAM_VERSION = "SELECT max(version) FROM domainbus_events WHERE stream_id = ?"
 INSERT = "INSERT INTO domainbus_events (stream_id, version, payload) VALUES (?, ?, ?)"
+INSERT_TRACED = (
+    "INSERT INTO domainbus_events (stream_id, version, payload, traceparent) VALUES (?, ?, ?, ?)"
+)
+HAS_TRACEPARENT = (
+    "SELECT count(*) FROM pragma_table_info('domainbus_events') WHERE name = 'traceparent'"
+)
+ADD_TRACEPARENT = "ALTER TABLE domainbus_events ADD COLUMN traceparent TEXT"
 SELECT_ALL = (
     "SELECT position, stream_id, version, payload FROM domainbus_events "
     "WHERE position > ? ORDER BY position LIMIT ?"
@@ -97,18 +107,21 @@ SELECT_STREAM_ROWS = (
     "WHERE stream_id = ? AND version >= ? AND version <= ? ORDER BY version"
 )
 SELECT_ALL_META = (
-    "SELECT position, stream_id, version FROM domainbus_events "
+    "SELECT position, stream_id, version, traceparent FROM domainbus_events "
     "WHERE position > ? ORDER BY position LIMIT ?"
 )
 _PAGE = (
-    "(SELECT position, stream_id, version, payload FROM domainbus_events "
+    "(SELECT position, stream_id, version, payload, traceparent FROM domainbus_events "
     "WHERE position > ? ORDER BY position LIMIT ?)"
 )
 _JOINED = "count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(position)"
 _META = "json_group_array(stream_id), json_group_array(version)"
 PAGE_EVENTS = f"SELECT {_JOINED} FROM {_PAGE}"  # a page at once (see the module)
 PAGE_STORED = f"SELECT {_JOINED}, {_META} FROM {_PAGE}"
-PAGE_META = f"SELECT count(*), json_group_array(position), {_META} FROM {_PAGE}"
+PAGE_META = (
+    f"SELECT count(*), json_group_array(position), {_META}, json_group_array(traceparent) "
+    f"FROM {_PAGE}"
+)
 STREAM_PAGE = (
     "SELECT count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(version) "
     "FROM (SELECT version, payload FROM domainbus_events WHERE stream_id = ? AND version >= ? "
@@ -141,6 +154,7 @@ def configure(connection: sqlite3.Connection, synchronous: str, busy_timeout: fl
 
 _INTS = msgspec.json.Decoder(list[int])
 _STRS = msgspec.json.Decoder(list[str])
+_OPTIONAL_STRS = msgspec.json.Decoder(list[str | None])
 
 
 def joins_pages(connection: sqlite3.Connection) -> bool:
@@ -167,6 +181,9 @@ def create_tables(connection: sqlite3.Connection) -> None:
     try:
         for statement in SCHEMA:
             connection.execute(statement)
+        # a database made before the traceparent column: add it (NULL in the existing rows)
+        if not connection.execute(HAS_TRACEPARENT).fetchone()[0]:
+            connection.execute(ADD_TRACEPARENT)
     except BaseException:
         connection.execute("ROLLBACK")
         raise
@@ -240,6 +257,7 @@ class SqliteEventStore:
         batch = check_append(stream_id, events, expected_version)
         encode = self._encode
         payloads = [encode(event) for event in batch]  # TypeError before anything is written
+        traceparent = current_traceparent()  # None unless tracing is on (domainbus.observe)
         cursor = self._cursor
         own = not self.connection.in_transaction
         if own:
@@ -248,7 +266,12 @@ class SqliteEventStore:
             actual = cursor.execute(STREAM_VERSION, (stream_id,)).fetchone()[0] or 0
             if actual != expected_version:
                 raise ConcurrencyError(stream_id, expected_version, actual)
-            if len(payloads) == 1:
+            if traceparent is not None:
+                versions = range(expected_version + 1, expected_version + len(payloads) + 1)
+                rows = zip(itertools.repeat(stream_id), versions, payloads,
+                           itertools.repeat(traceparent))  # fmt: skip
+                cursor.executemany(INSERT_TRACED, rows)
+            elif len(payloads) == 1:
                 cursor.execute(INSERT, (stream_id, expected_version + 1, payloads[0]))
             else:
                 versions = range(expected_version + 1, expected_version + len(payloads) + 1)
@@ -386,29 +409,32 @@ class SqliteEventStore:
             return None
         if len(stream_ids) != count or len(versions) != count:
             return None
-        return Page(positions, stream_ids, versions, events)
+        return Page(positions, stream_ids, versions, events, partial(self._meta, after, positions))
 
-    def _meta(self, after: int, positions: list[int]) -> tuple[list[str], list[int]]:
-        """The stream ids and versions of the page after `after` that has these positions."""
+    def _meta(self, after: int, positions: Sequence[int]) -> Meta:
+        """The stream ids, versions and traceparents of the page after `after` that has
+        these positions."""
         cursor, count = self.connection.cursor(), len(positions)
         if self._joins:
-            found, at, stream_ids, versions = cursor.execute(PAGE_META, (after, count)).fetchone()
+            row = cursor.execute(PAGE_META, (after, count)).fetchone()
             try:
-                if found == count and _INTS.decode(at) == positions:
-                    return _STRS.decode(stream_ids), _INTS.decode(versions)
+                if row[0] == count and _INTS.decode(row[1]) == positions:
+                    return (_STRS.decode(row[2]), _INTS.decode(row[3]),
+                            _OPTIONAL_STRS.decode(row[4]))  # fmt: skip
             except msgspec.MsgspecError:
                 pass
         rows = cursor.execute(SELECT_ALL_META, (after, count)).fetchall()
-        if [row[0] for row in rows] != positions:
+        if [row[0] for row in rows] != list(positions):
             raise RuntimeError(f"the events after position {after} changed since they were read")
-        return [row[1] for row in rows], [row[2] for row in rows]
+        return [row[1] for row in rows], [row[2] for row in rows], [row[3] for row in rows]
 
     def _row_page(self, cursor: sqlite3.Cursor, after: int, size: int) -> Page:
         """The page after `after`, read and decoded row by row (names a bad row)."""
         rows = cursor.execute(SELECT_ALL, (after, size)).fetchall()
         positions, stream_ids, versions, payloads = _columns(rows, 4)
         events = decode_rows(self.codec, payloads, stream_ids, versions, positions)
-        return Page(positions, stream_ids, versions, events)  # type: ignore[arg-type]
+        load = partial(self._meta, after, positions)
+        return Page(positions, stream_ids, versions, events, load)  # type: ignore[arg-type]
 
     def count_after(self, after: int = 0) -> int:
         return int(self._cursor.execute(COUNT_AFTER, (after,)).fetchone()[0])

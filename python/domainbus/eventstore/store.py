@@ -27,6 +27,7 @@ from domainbus.events import DomainEvent
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "EventStore",
+    "Meta",
     "Page",
     "Snapshot",
     "StoredDecodeError",
@@ -52,12 +53,17 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     event: DomainEvent
 
 
+Meta = tuple[list[str], list[int], list["str | None"]]
+
+
 class Page:
     """Rows read together, in order: `positions` and `events` (decoded with one call), and
-    the parallel lists `stream_ids` and `versions`. A store may read those two only when
-    first asked for (`load`: a projection runner never needs them)."""
+    the parallel lists `stream_ids`, `versions` and `traceparents` (the W3C trace context of
+    the code that appended each event, None where tracing was off). A store may read those
+    three only when first asked for (`load`: a projection runner needs none of them, or only
+    the traceparents when tracing is on)."""
 
-    __slots__ = ("_load", "_stream_ids", "_versions", "events", "positions")
+    __slots__ = ("_load", "_stream_ids", "_traceparents", "_versions", "events", "positions")
 
     def __init__(
         self,
@@ -65,19 +71,25 @@ class Page:
         stream_ids: list[str] | None,
         versions: list[int] | None,
         events: list[DomainEvent],
-        load: Callable[[], tuple[list[str], list[int]]] | None = None,
+        load: Callable[[], Meta] | None = None,
+        traceparents: list[str | None] | None = None,
     ) -> None:
         self.positions = positions
         self.events = events
-        self._stream_ids, self._versions, self._load = stream_ids, versions, load
+        self._stream_ids, self._versions, self._traceparents = stream_ids, versions, traceparents
+        self._load = load
 
-    def _loaded(self) -> tuple[list[str], list[int]]:
-        if self._stream_ids is None or self._versions is None:
+    def _loaded(self) -> Meta:
+        if self._stream_ids is None or self._versions is None or self._traceparents is None:
             if self._load is None:
-                raise ValueError("a page without stream ids and versions, and no way to read them")
-            self._stream_ids, self._versions = self._load()
+                raise ValueError("a page without its stream ids, versions or traceparents")
+            stream_ids, versions, traceparents = self._load()
             self._load = None
-        return self._stream_ids, self._versions
+            if self._stream_ids is None or self._versions is None:
+                self._stream_ids, self._versions = stream_ids, versions
+            if self._traceparents is None:
+                self._traceparents = traceparents
+        return self._stream_ids, self._versions, self._traceparents
 
     @property
     def stream_ids(self) -> list[str]:
@@ -86,6 +98,10 @@ class Page:
     @property
     def versions(self) -> list[int]:
         return self._loaded()[1]
+
+    @property
+    def traceparents(self) -> list[str | None]:
+        return self._loaded()[2]
 
     @property
     def last_position(self) -> int:
