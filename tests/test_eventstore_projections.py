@@ -250,3 +250,41 @@ def test_replay_command_stops_at_an_undecodable_event(
     support.raw_insert(store, "a", 4, b"\xc1")
     assert main(["replay", store_url_of, "--projection", "eventstore_support:ledger"]) == 1
     assert "stream 'a' version 4: garbage" in capsys.readouterr().err
+
+
+def test_a_reset_while_a_runner_catches_up_is_completed_not_clobbered(
+    store: Any, make_store: Any
+) -> None:
+    total = fill(store, 4, 10)
+    runner = ProjectionRunner(store, Ledger(store.connection), page_size=10)
+    other_store = make_store()
+    other = ProjectionRunner(other_store, Ledger(other_store.connection), page_size=10)
+    resets: list[int] = []
+
+    def reset_after_the_second_page(count: int) -> None:
+        resets.append(count)
+        if len(resets) == 2:  # `replay --from-scratch` from another process, say
+            other.reset()
+
+    runner.catch_up(reset_after_the_second_page)
+    # the rebuild is complete: every event once, none lost to the reset
+    assert runner.projection.totals() == (total, total, total)  # type: ignore[attr-defined]
+    assert runner.projection.position() == list(store.read_all())[-1].position
+
+
+def test_two_runners_of_one_projection_never_apply_a_page_twice(
+    store: Any, make_store: Any
+) -> None:
+    total = fill(store, 3, 10)
+    other_store = make_store()
+    other = ProjectionRunner(other_store, Ledger(other_store.connection), page_size=10)
+    runner = ProjectionRunner(store, Ledger(store.connection), page_size=10)
+    calls: list[int] = []
+
+    def the_other_runs_meanwhile(count: int) -> None:
+        calls.append(count)
+        if len(calls) == 1:
+            assert other.catch_up() == total - 10  # from the first runner's tracked position
+
+    assert runner.catch_up(the_other_runs_meanwhile) == 10
+    assert runner.projection.totals() == (total, total, total)  # type: ignore[attr-defined]

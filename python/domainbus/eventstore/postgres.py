@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from domainbus._trace import current_traceparent
 from domainbus.codec import EventCodec
 from domainbus.errors import ConcurrencyError
 from domainbus.events import DomainEvent
@@ -54,6 +55,7 @@ from domainbus.eventstore.store import (
     check_append,
     check_page,
     check_range,
+    decode_joined,
     decode_rows,
     page_to_stored,
 )
@@ -78,6 +80,7 @@ SCHEMA = (
         version bigint NOT NULL,
         payload bytea NOT NULL,
         tx xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        traceparent text,
         UNIQUE (stream_id, version)
     )""",
     "CREATE INDEX IF NOT EXISTS domainbus_events_order ON domainbus_events (tx, position)",
@@ -97,8 +100,8 @@ SCHEMA = (
 
 _INSERT_EVENTS = """
     ins AS (
-        INSERT INTO domainbus_events (stream_id, version, payload)
-        SELECT %(stream)s, %(expected)s + t.ord, t.payload
+        INSERT INTO domainbus_events (stream_id, version, payload{traced})
+        SELECT %(stream)s, %(expected)s + t.ord, t.payload{traced_value}
         FROM s, unnest(%(payloads)s::bytea[]) WITH ORDINALITY AS t(payload, ord)
         ORDER BY t.ord
         RETURNING 1
@@ -118,17 +121,30 @@ _NEXT_VERSION = """
     ),
 """
 _NOTIFY = f", pg_notify('{CHANNEL}', '')"
+_TRACED = {"traced": ", traceparent", "traced_value": ", %(traceparent)s::text"}
+_UNTRACED = {"traced": "", "traced_value": ""}
+HAS_TRACEPARENT = (
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'domainbus_events'::regclass "
+    "AND attname = 'traceparent' AND NOT attisdropped"
+)
+ADD_TRACEPARENT = "ALTER TABLE domainbus_events ADD COLUMN IF NOT EXISTS traceparent text"
 STREAM_VERSION = "SELECT version FROM domainbus_streams WHERE stream_id = %s"
 TX_OF = "SELECT tx::text FROM domainbus_events WHERE position = %s"
 _VISIBLE = "tx < pg_snapshot_xmin(pg_current_snapshot())"
 SELECT_ALL = (
-    "SELECT position, stream_id, version, payload, tx::text AS tx_text FROM domainbus_events "
+    "SELECT position, stream_id, version, payload, tx::text AS tx_text, traceparent "
+    "FROM domainbus_events "
     f"WHERE (tx, position) > (%s::xid8, %s) AND {_VISIBLE} ORDER BY tx, position LIMIT %s"
 )
 COUNT_AFTER = "SELECT count(*) FROM domainbus_events WHERE (tx, position) > (%s::xid8, %s)"
 SELECT_STREAM = (
     "SELECT payload FROM domainbus_events WHERE stream_id = %s AND version >= %s "
     "AND version <= %s ORDER BY version LIMIT %s"
+)
+STREAM_PAGE = (  # a page at once: ORDER BY inside the aggregate is PostgreSQL's promise
+    "SELECT count(*), string_agg(payload, ''::bytea ORDER BY version) FROM (SELECT version, "
+    "payload FROM domainbus_events WHERE stream_id = %s AND version >= %s AND version <= %s "
+    "ORDER BY version LIMIT %s) AS page"
 )
 SELECT_STREAM_ROWS = (
     "SELECT position, payload FROM domainbus_events WHERE stream_id = %s AND version >= %s "
@@ -159,6 +175,10 @@ def _run_schema(connection: psycopg.Connection[Any]) -> None:
     with connection.transaction():
         for statement in SCHEMA:
             connection.execute(statement)
+        # a database made before the traceparent column: add it (NULL in the existing rows)
+        found = connection.execute(HAS_TRACEPARENT).fetchone()
+        if found is None or not found[0]:
+            connection.execute(ADD_TRACEPARENT)
 
 
 class PostgresEventStore:
@@ -204,8 +224,12 @@ class PostgresEventStore:
         self.codec = codec
         self.notify = bool(notify)
         notify_sql = _NOTIFY if notify else ""
-        self._append_new = _NEW_STREAM + _INSERT_EVENTS.format(notify=notify_sql)
-        self._append_next = _NEXT_VERSION + _INSERT_EVENTS.format(notify=notify_sql)
+        self._append_new = _NEW_STREAM + _INSERT_EVENTS.format(notify=notify_sql, **_UNTRACED)
+        self._append_next = _NEXT_VERSION + _INSERT_EVENTS.format(notify=notify_sql, **_UNTRACED)
+        self._append_traced = (  # tracing on (domainbus.observe): the traceparent too
+            _NEW_STREAM + _INSERT_EVENTS.format(notify=notify_sql, **_TRACED),
+            _NEXT_VERSION + _INSERT_EVENTS.format(notify=notify_sql, **_TRACED),
+        )
         self._idle = pg.pq.TransactionStatus.IDLE
         self._intrans = pg.pq.TransactionStatus.INTRANS
         self._cursor = connection.cursor(binary=True)
@@ -236,6 +260,10 @@ class PostgresEventStore:
         params = {"stream": stream_id, "expected": expected_version, "n": len(payloads),
                   "payloads": payloads}  # fmt: skip
         sql = self._append_next if expected_version else self._append_new
+        traceparent = current_traceparent()  # None unless tracing is on (domainbus.observe)
+        if traceparent is not None:
+            params["traceparent"] = traceparent
+            sql = self._append_traced[1 if expected_version else 0]
         connection = self.connection
         status = connection.info.transaction_status
         if status == self._intrans or (status == self._idle and connection.autocommit):
@@ -290,13 +318,18 @@ class PostgresEventStore:
         cursor, codec, version = self.connection.cursor(binary=True), self.codec, from_version
         while version <= last:
             params = (stream_id, version, last, page_size)
-            rows = cursor.execute(SELECT_STREAM, params).fetchall()
-            if not rows:
+            row = cursor.execute(STREAM_PAGE, params).fetchone()
+            count = 0 if row is None else row[0]
+            if not count:
                 return
-            yield decode_rows(codec, [row[0] for row in rows], stream_id, version)
-            if len(rows) < page_size:
+            events = decode_joined(codec, count, row[1])  # type: ignore[index]
+            if events is None:  # a bad row: found and named row by row
+                rows = cursor.execute(SELECT_STREAM, params).fetchall()
+                events = decode_rows(codec, [row[0] for row in rows], stream_id, version)
+            yield events
+            if len(events) < page_size:
                 return
-            version += len(rows)
+            version += len(events)
 
     def _tx_of(self, position: int) -> str:
         if position == 0:
@@ -318,9 +351,11 @@ class PostgresEventStore:
             rows = cursor.execute(SELECT_ALL, (tx, after, size)).fetchall()
             if not rows:
                 return
-            positions, stream_ids, versions, payloads, txs = zip(*rows, strict=True)
+            positions, stream_ids, versions, payloads, txs, traceparents = map(
+                list, zip(*rows, strict=True)
+            )
             events = decode_rows(codec, payloads, stream_ids, versions, positions)
-            yield Page(positions, stream_ids, versions, events)  # type: ignore[arg-type]
+            yield Page(positions, stream_ids, versions, events, traceparents=traceparents)
             if len(rows) < size:
                 return
             tx, after, left = txs[-1], positions[-1], left - len(rows)
@@ -398,6 +433,16 @@ class PostgresTracking:
     def position(self, name: str) -> int:
         sql = "SELECT position FROM domainbus_tracking WHERE name = %s"
         row = self.connection.execute(sql, (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def locked_position(self, name: str) -> int:
+        """The position, read in the open transaction with the record locked until it ends
+        (one statement: made if missing, else "updated" to itself, which takes the lock)."""
+        row = self.connection.execute(
+            "INSERT INTO domainbus_tracking VALUES (%s, 0) ON CONFLICT (name) "
+            "DO UPDATE SET position = domainbus_tracking.position RETURNING position",
+            (name,),
+        ).fetchone()
         return 0 if row is None else int(row[0])
 
     def transaction(self) -> Any:

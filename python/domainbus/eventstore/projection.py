@@ -19,6 +19,10 @@ committed read model and the tracked position agree, so the runner resumes exact
 committed state ends: no event missed, none applied twice. A handler that raises rolls the
 whole page back (nothing of it is applied) and the runner stops with the exception.
 
+Tracing: with `domainbus.observe` on, each event is stored with the traceparent of the code
+that appended it, and the runner hands a page's traceparents to the instrumented dispatcher,
+whose span continues that trace (one origin) or links each (several), as the relay does.
+
 Following: on PostgreSQL the runner LISTENs for the store's notifications (each append sends
 one at commit) and reads at once; a timeout of `poll_interval` covers events that were not
 yet readable (see `domainbus.eventstore.postgres`). On SQLite it polls every `poll_interval`.
@@ -32,10 +36,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import domainbus
+from domainbus import _trace
 from domainbus._log import log_failure
 from domainbus.delivery import batch_index
 from domainbus.eventstore._marks import marked_methods
-from domainbus.eventstore.store import DEFAULT_PAGE_SIZE, EventStore
+from domainbus.eventstore.store import DEFAULT_PAGE_SIZE, EventStore, Page
 
 __all__ = ["Projection", "ProjectionRunner", "handles"]
 
@@ -73,6 +78,15 @@ def _tracking_for(connection: Any) -> Any:
 
 
 _logger = logging.getLogger("domainbus.eventstore")
+
+
+def _enter_trace(page: Page) -> Any:
+    """When tracing is on (`domainbus.observe`), hand the page's stored traceparents to the
+    dispatcher (its span continues or links the traces that appended the events)."""
+    if _trace.capture is None:
+        return None
+    traceparents = page.traceparents
+    return _trace.incoming.set(traceparents) if any(traceparents) else None
 
 
 class Projection:
@@ -153,17 +167,47 @@ class ProjectionRunner:
     def catch_up(self, progress: Callable[[int], object] | None = None) -> int:
         """Apply every event after the tracked position; returns how many were applied.
 
-        `progress(count)` is called after each committed page.
+        `progress(count)` is called after each committed page. Each page's transaction first
+        checks, under the lock its transaction holds, that the tracked position is still the
+        one this runner read: when another runner of the same projection moved it on, or a
+        `reset` (`replay --from-scratch`) set it back, the page is not applied and the runner
+        carries on from the tracked position (so two runners never apply a page twice, and a
+        rebuild started meanwhile is completed, not clobbered).
         """
+        tracking, name = self.projection.tracking, self.projection.projection_name
+        applied = 0
+        while True:
+            position = tracking.position(name)
+            count, moved_to = self._pages_from(position, progress)
+            applied += count
+            if moved_to is None:
+                return applied
+            _logger.info(
+                "projection %r: its tracked position moved to %s (another runner, or a reset); "
+                "carrying on from there", name, moved_to,
+            )  # fmt: skip
+
+    def _pages_from(
+        self, position: int, progress: Callable[[int], object] | None
+    ) -> tuple[int, int | None]:
+        """Apply the pages after `position`: (events applied, None), or (events applied, the
+        tracked position) when that moved away from this runner's."""
         projection = self.projection
         tracking, name = projection.tracking, projection.projection_name
         dispatch_batch = projection.dispatcher.dispatch_batch
-        position = tracking.position(name)
         applied = 0
         for page in self.store.read_pages(position, self.page_size):
             try:
                 with tracking.transaction():
-                    dispatch_batch(page.events)
+                    tracked = tracking.locked_position(name)
+                    if tracked != position:
+                        return applied, tracked  # nothing written: the empty transaction ends
+                    token = _enter_trace(page)
+                    try:
+                        dispatch_batch(page.events)
+                    finally:
+                        if token is not None:
+                            _trace.incoming.reset(token)
                     projection.flush()
                     tracking.set_position(name, page.last_position)
             except BaseException as exc:
@@ -186,7 +230,7 @@ class ProjectionRunner:
             applied += len(page.events)
             if progress is not None:
                 progress(len(page.events))
-        return applied
+        return applied, None
 
     def run(self, stop: threading.Event, *, on_page: Callable[[int], object] | None = None) -> int:
         """Catch up, then follow new events until `stop` is set; returns the events applied."""

@@ -13,7 +13,7 @@ version (upcast) or a bad row falls back to decoding row by row.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from domainbus.events import DomainEvent
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "EventStore",
+    "Meta",
     "Page",
     "Snapshot",
     "StoredDecodeError",
@@ -34,6 +35,7 @@ __all__ = [
     "check_append",
     "check_page",
     "check_range",
+    "decode_joined",
     "decode_rows",
     "page_to_stored",
 ]
@@ -51,18 +53,65 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     event: DomainEvent
 
 
-@dataclass(slots=True)
-class Page:
-    """Rows read together, in order: parallel lists (the events decoded with one call)."""
+Meta = tuple[list[str], list[int], list["str | None"]]
 
-    positions: list[int]
-    stream_ids: list[str]
-    versions: list[int]
-    events: list[DomainEvent]
+
+class Page:
+    """Rows read together, in order: `positions` and `events` (decoded with one call), and
+    the parallel lists `stream_ids`, `versions` and `traceparents` (the W3C trace context of
+    the code that appended each event, None where tracing was off). A store may read those
+    three only when first asked for (`load`: a projection runner needs none of them, or only
+    the traceparents when tracing is on)."""
+
+    __slots__ = ("_load", "_stream_ids", "_traceparents", "_versions", "events", "positions")
+
+    def __init__(
+        self,
+        positions: list[int],
+        stream_ids: list[str] | None,
+        versions: list[int] | None,
+        events: list[DomainEvent],
+        load: Callable[[], Meta] | None = None,
+        traceparents: list[str | None] | None = None,
+    ) -> None:
+        self.positions = positions
+        self.events = events
+        self._stream_ids, self._versions, self._traceparents = stream_ids, versions, traceparents
+        self._load = load
+
+    def _loaded(self) -> Meta:
+        if self._stream_ids is None or self._versions is None or self._traceparents is None:
+            if self._load is None:
+                raise ValueError("a page without its stream ids, versions or traceparents")
+            stream_ids, versions, traceparents = self._load()
+            self._load = None
+            if self._stream_ids is None or self._versions is None:
+                self._stream_ids, self._versions = stream_ids, versions
+            if self._traceparents is None:
+                self._traceparents = traceparents
+        return self._stream_ids, self._versions, self._traceparents
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return self._loaded()[0]
+
+    @property
+    def versions(self) -> list[int]:
+        return self._loaded()[1]
+
+    @property
+    def traceparents(self) -> list[str | None]:
+        return self._loaded()[2]
 
     @property
     def last_position(self) -> int:
         return self.positions[-1]
+
+    def __repr__(self) -> str:
+        if not self.events:
+            return "<Page of 0 events>"
+        first, last = self.positions[0], self.positions[-1]
+        return f"<Page of {len(self.events)} events, positions {first}..{last}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +248,17 @@ def _array_header(count: int) -> bytes:
     if count < 0x10000:
         return b"\xdc" + struct.pack(">H", count)
     return b"\xdd" + struct.pack(">I", count)
+
+
+def decode_joined(codec: EventCodec, count: int, joined: bytes) -> list[DomainEvent] | None:
+    """`count` payloads joined into one bytes object (as a page-at-once query returns them),
+    decoded with one call (upcasting as needed); None when that fails or does not give
+    `count` events: then decode the rows one by one (`decode_rows`) to name the bad one."""
+    try:
+        events = codec.decode_batch(_array_header(count) + joined)
+    except DecodeError:
+        return None
+    return events if len(events) == count else None
 
 
 def decode_rows(
