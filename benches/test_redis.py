@@ -12,6 +12,12 @@ covers publishing and consuming, overlapping as in production, on this 2-core ma
 publisher, the workers and redis-server share the cores). "drain" measures instead a backlog
 published beforehand (publishing not timed), consumer start-up included: the consuming side
 alone, which is what the issue's anchors (FastStream ~2.8k/s default, ~83k/s batch) measure.
+Each line gives the CPU per event of the publisher, the consumers and redis-server (INFO cpu).
+
+The runner first prints a "floor": the CPU per event of msgspec alone encoding and decoding
+the bench event, and of pipelined XADDs and XREADGROUP/XACK of prebuilt frames (client and
+redis-server), so the end-to-end figures can be set against what this machine allows at best
+(cores / floor events per second, nothing of domainbus counted).
 
     python3 -m pytest benches/test_redis.py                     # 200,000 events (pytest-benchmark)
     python3 -m pytest benches --benchmark-disable -q            # quick check: 2,000 events
@@ -267,6 +273,7 @@ class Measured:
     publish_seconds: float
     consumer_cpu: float  # CPU seconds of the consumer processes once ready (sum)
     publish_cpu: float  # CPU seconds of this process publishing
+    redis_cpu: float = 0.0  # CPU seconds of redis-server over the measurement (INFO cpu)
 
     @property
     def rate(self) -> float:
@@ -292,7 +299,7 @@ def measure(system: System, url: str, events: list[Placed], *, drain: bool = Fal
         if not drain:
             start_consumers()
             wait_until(lambda: consumers_ready(client, system), system.name, processes)
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, server_cpu = time.perf_counter(), time.process_time(), redis_cpu(client)
         publish(system, client, events)
         publish_seconds = time.perf_counter() - started
         publish_cpu = time.process_time() - cpu
@@ -302,6 +309,7 @@ def measure(system: System, url: str, events: list[Placed], *, drain: bool = Fal
         entries = sum(int(client.xlen(s)) for s in system.streams)
         wait_until(lambda: group_done(client, system.streams, entries), system.name, processes)
         seconds = time.perf_counter() - started
+        server_cpu = redis_cpu(client) - server_cpu
     finally:
         for p in processes:
             p.send_signal(signal.SIGTERM)
@@ -314,7 +322,15 @@ def measure(system: System, url: str, events: list[Placed], *, drain: bool = Fal
         found = client.mget([f"bench:cpu:{system.name}:c{i}" for i in range(system.workers)])
         consumer_cpu = sum(float(c) for c in found if c is not None)
         client.close()
-    return Measured(system.name, len(events), seconds, publish_seconds, consumer_cpu, publish_cpu)
+    return Measured(
+        system.name, len(events), seconds, publish_seconds, consumer_cpu, publish_cpu, server_cpu
+    )
+
+
+def redis_cpu(client: Any) -> float:
+    """CPU seconds redis-server used so far (user + system, INFO cpu)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 @contextlib.contextmanager
@@ -333,6 +349,112 @@ def events_for(system: System, count: int, peer_events: int, faststream_events: 
     if system.kind == "faststream" and not system.batch:
         return min(count, faststream_events)
     return count if system.kind == "domainbus" else min(count, peer_events)
+
+
+# -- the floor: what the parts cost without domainbus ----------------------------------------------
+
+
+@dataclass
+class Floor:
+    """CPU per event of the bench event's msgpack (msgspec alone) and of raw frame traffic."""
+
+    encode_ns: float  # msgspec.msgpack.Encoder().encode of 1,000-event lists
+    decode_ns: float  # msgspec.msgpack.Decoder(list[Placed]).decode, GC as in a worker
+    xadd_ns: float  # pipelined XADDs of prebuilt frames: this process + redis-server
+    read_ns: float  # XREADGROUP + XACK of those frames, undecoded: this process + redis-server
+    cores: int = 2
+
+    @property
+    def total_ns(self) -> float:
+        return self.encode_ns + self.decode_ns + self.xadd_ns + self.read_ns
+
+    def line(self) -> str:
+        best = self.cores * 1e9 / self.total_ns
+        return (
+            f"floor: msgspec encode {self.encode_ns:,.0f} ns + decode {self.decode_ns:,.0f} ns "
+            f"+ raw frames XADD {self.xadd_ns:,.0f} ns + XREADGROUP/XACK {self.read_ns:,.0f} ns "
+            f"= {self.total_ns:,.0f} ns of CPU an event; {self.cores} cores -> at most "
+            f"{best:,.0f} events/s end to end (the 2,000,000/s target needs <= "
+            f"{self.cores * 1e9 / 2_000_000:,.0f} ns)"
+        )
+
+
+def measure_floor(url: str, count: int = 200_000, rounds: int = 3) -> Floor:
+    """The floor, best of `rounds` (process CPU time, and redis-server's from INFO cpu)."""
+    import gc
+
+    import msgspec
+    import redis
+
+    from domainbus.redis.collector import spared_collector
+
+    events = build_events(count)
+    chunks = [events[i : i + 1000] for i in range(0, count, 1000)]
+    encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[Placed])
+    frames = [encoder.encode(chunk) for chunk in chunks]
+    del events
+
+    def best(step: Callable[[], float]) -> float:
+        return min(step() for _ in range(rounds)) / count * 1e9
+
+    def encoding() -> float:
+        cpu = time.process_time()
+        for chunk in chunks:
+            encoder.encode(chunk)
+        return time.process_time() - cpu
+
+    def decoding() -> float:
+        cpu = time.process_time()
+        for frame in frames:
+            decoder.decode(frame)
+        return time.process_time() - cpu
+
+    encode_ns = best(encoding)
+    chunks.clear()  # the events: only the frames are needed from here on
+    gc.collect()
+    with spared_collector():  # the workers' GC settings
+        decode_ns = best(decoding)
+
+    client = redis.Redis.from_url(url)
+    streams = [f"floor:{p}" for p in range(PARTITIONS)]
+
+    def xadd() -> float:
+        client.flushall()
+        cpu, server = time.process_time(), redis_cpu(client)
+        for start in range(0, len(frames), 100):
+            pipe = client.pipeline(transaction=False)
+            for n, frame in enumerate(frames[start : start + 100], start):
+                fields = {b"format": b"domainbus-msgpack-1", b"count": b"1000", b"events": frame}
+                pipe.xadd(streams[n % PARTITIONS], fields)  # type: ignore[arg-type]
+            pipe.execute()
+        return time.process_time() - cpu + redis_cpu(client) - server
+
+    def read() -> float:
+        xadd()
+        for stream in streams:
+            client.xgroup_create(stream, "g", id="0")
+        cpu, server = time.process_time(), redis_cpu(client)
+        read_entries, acks = 0, []
+        while read_entries < len(frames):
+            pipe = client.pipeline(transaction=False)
+            for stream, ids in acks:
+                pipe.xack(stream, "g", *ids)
+            pipe.xreadgroup("g", "c", dict.fromkeys(streams, ">"), count=2)  # type: ignore[arg-type]
+            reply = pipe.execute()[-1]
+            acks = [(key, [entry_id for entry_id, _ in found]) for key, found in reply]
+            read_entries += sum(len(ids) for _, ids in acks)
+        pipe = client.pipeline(transaction=False)
+        for stream, ids in acks:
+            pipe.xack(stream, "g", *ids)
+        pipe.execute()
+        return time.process_time() - cpu + redis_cpu(client) - server
+
+    try:
+        floor = Floor(encode_ns, decode_ns, best(xadd), best(read))
+    finally:
+        client.flushall()
+        client.close()
+    return floor
 
 
 # -- pytest-benchmark ---------------------------------------------------------------------------
@@ -410,7 +532,8 @@ def table(results: list[Measured]) -> list[str]:
             f"{r.system:17} {r.events:>10,} events {r.seconds:7.2f} s {r.rate:>12,.0f} events/s "
             f"(publishing {r.publish_seconds:.2f} s; CPU per event: publish "
             f"{r.publish_cpu / r.events * 1e9:,.0f} ns, consume "
-            f"{r.consumer_cpu / r.events * 1e9:,.0f} ns)  " + ", ".join(ratios)
+            f"{r.consumer_cpu / r.events * 1e9:,.0f} ns, redis {r.redis_cpu / r.events * 1e9:,.0f} "
+            f"ns)  " + ", ".join(ratios)
         )
     return lines
 
@@ -447,6 +570,8 @@ def main(argv: list[str]) -> int:
         "(~35 ns when idle); load average " + " ".join(map(str, os.getloadavg()))
     )
     with redis_server() as url:
+        floor = measure_floor(url)
+        print(floor.line(), flush=True)
         for mode in modes:
             for system in systems:
                 count = events_for(system, args.events, args.peer_events, args.faststream_events)
@@ -461,8 +586,10 @@ def main(argv: list[str]) -> int:
         print(f"\n{MODES[mode]}")
         for line in table(results[mode]):
             print(line)
+    print(f"\n{floor.line()}")
     if args.json:
-        found = {mode: [r.__dict__ for r in rs] for mode, rs in results.items()}
+        found: dict[str, Any] = {mode: [r.__dict__ for r in rs] for mode, rs in results.items()}
+        found["floor"] = floor.__dict__
         Path(args.json).write_text(json.dumps(found, indent=2))
     return 0
 

@@ -9,6 +9,7 @@
 //! - `awaiting`: the hand-written coroutine of sequential `dispatch_async` (the fast path);
 //! - `async_plan`: the plan/take primitives of the general async path (`domainbus._async`);
 //! - `ids`: UUIDv7 event ids and UTC timestamps;
+//! - `partitions`: a batch of events split by the partition of their key (`domainbus.redis`);
 //! - `queue`: the `BatchQueue` (lock-free batching queue feeding the dispatch loop).
 
 use pyo3::prelude::*;
@@ -22,6 +23,7 @@ mod errors;
 mod handled;
 mod ids;
 mod nested;
+mod partitions;
 mod queue;
 mod registry;
 mod unwind;
@@ -51,6 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(ids::utc_now, m)?)?;
     m.add_function(wrap_pyfunction!(ids::_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(partitions::group_by_partition, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,8 @@ import redis
 
 from domainbus import demo
 from domainbus.cli import main
-from redis_support import PYTHON_EXE, subprocess_env
+from domainbus.redis.entries import COUNT, EVENTS, FORMAT, FORMAT_VERSION, TRACEPARENT
+from redis_support import CODEC, PYTHON_EXE, Placed, subprocess_env
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,3 +95,53 @@ def test_worker_with_a_bad_target_is_a_usage_error() -> None:
               "--group", "g")  # fmt: skip
     assert out.returncode == 2
     assert "cannot import module 'nosuchmodule'" in out.stderr
+
+
+def test_worker_with_trace_continues_the_publishers_trace(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    client.xadd("t:0", {
+        FORMAT: FORMAT_VERSION, COUNT: b"2", TRACEPARENT: f"00-{trace_id}-{span_id}-01",
+        EVENTS: CODEC.encode_batch([Placed(aggregate_id="a", seq=0)] * 2),
+    })  # fmt: skip
+    spans = tmp_path / "spans.jsonl"
+    spans.touch()
+    worker = subprocess.Popen(
+        [PYTHON_EXE, "-m", "domainbus", "worker", "redis_traced:dispatcher", "--trace",
+         "--redis", redis_server.url, "--stream", "t", "--group", "g", "--partitions", "1",
+         "--heartbeat", "0.05"],
+        env=subprocess_env(DOMAINBUS_TEST_SPANS=str(spans)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not spans.read_text() and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    found = [json.loads(line) for line in spans.read_text().splitlines()]
+    assert [(s["name"], s["trace_id"], s["parent_span_id"]) for s in found] == [
+        ("process Placed", trace_id, span_id)
+    ]
+
+
+def test_trace_without_opentelemetry_is_a_usage_error() -> None:
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from domainbus.cli import main\n"
+        "sys.exit(main(['worker', 'nosuchmodule:d', '--trace', '--redis', "
+        "'redis://127.0.0.1:1/0', '--stream', 's', '--group', 'g']))"
+    )
+    out = subprocess.run(
+        [PYTHON_EXE, "-c", code],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'domainbus[otel]'" in out.stderr

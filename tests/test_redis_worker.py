@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import redis
 
-from domainbus.redis import DeadLetters, RedisPublisher, RedisWorker
+from domainbus.redis import DeadLetters, RedisPublisher, RedisWorker, partition_of
 from domainbus.redis.dead_letters import frame_of_records
 from domainbus.redis.entries import FORMAT_VERSION
 from redis_support import CODEC, Placed, Poison, placed
@@ -283,3 +283,39 @@ def test_an_entry_read_but_never_seen_is_recovered_in_order(
     wait_for(lambda: len(log) >= 3, "three events")
     running.stop()
     assert log == [0, 1, 2]
+
+
+def consumers(
+    r: redis.Redis, stream: str, group: str, partitions: int
+) -> dict[int, dict[str, int]]:
+    """Per partition: the group's consumers and their pending entries (XINFO CONSUMERS)."""
+    return {
+        p: {
+            c["name"].decode(): int(c["pending"]) for c in r.xinfo_consumers(f"{stream}:{p}", group)
+        }
+        for p in range(partitions)
+    }
+
+
+def test_a_clean_stop_deletes_the_consumer_where_it_has_nothing_pending(
+    r: redis.Redis, make_dispatcher: Any
+) -> None:
+    log: list[tuple[str, int]] = []
+    dispatcher = make_dispatcher()
+    dispatcher.register_handler(Placed, lambda e: log.append((e.aggregate_id, e.seq)))
+    dispatcher.register_handler(Poison, lambda e: 1 / 0)
+    events: list[Any] = list(placed(400, keys=8))
+    RedisPublisher(r, CODEC, stream="s", partitions=4).publish_batch(events)
+    running = Running(worker(r, dispatcher, consumer="w1", max_deliveries=100, retry_delay=30))
+    wait_for(lambda: len(log) == 400, "400 events")
+    wait_for(lambda: pending(r, "s", "g", 4) == 0, "every entry acknowledged")
+    assert all("w1" in found for found in consumers(r, "s", "g", 4).values())
+    poison = Poison(aggregate_id="k3", seq=0)
+    RedisPublisher(r, CODEC, stream="s", partitions=4).publish_batch([poison])
+    wait_for(lambda: pending(r, "s", "g", 4) == 1, "the poison entry delivered")
+    running.stop()
+    stuck = partition_of("k3", 4)
+    assert consumers(r, "s", "g", 4) == {
+        p: ({"w1": 1} if p == stuck else {}) for p in range(4)
+    }  # kept only where an entry is still pending (deleting it would drop that entry)
+    assert pending(r, "s", "g", 4) == 1

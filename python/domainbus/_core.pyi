@@ -19,6 +19,7 @@ __all__ = [
     "Planned",
     "__version__",
     "_after_fork",
+    "group_by_partition",
     "new_event_id",
     "utc_now",
 ]
@@ -27,6 +28,13 @@ __version__: str
 def new_event_id() -> uuid.UUID: ...
 def utc_now() -> datetime: ...
 def _after_fork() -> None: ...
+def group_by_partition(
+    events: list[Any],
+    partitions: int,
+    key_bytes: Callable[[object], bytes],
+    key: Callable[[Any], object] | None = None,
+) -> list[list[Any]]:
+    """`events` split into `partitions` lists by `crc32(key_bytes(key)) % partitions`."""
 
 @final
 class HandlerDecorator:

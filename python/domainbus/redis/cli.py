@@ -2,14 +2,16 @@
 
     domainbus publish FILE --redis URL --stream NAME [--partitions N] [--codec MODULE:CODEC]
     domainbus worker MODULE:DISPATCHER --redis URL --stream NAME --group GROUP
-                     [--consumer NAME] [--codec MODULE:CODEC] [--max-deliveries N] ...
+                     [--consumer NAME] [--codec MODULE:CODEC] [--max-deliveries N] [--trace] ...
     domainbus dead-letters list|requeue --redis URL --stream NAME [ID ...] [--all]
 
 Importing this module needs no redis-py: the commands import it when they run (without it they
 say to install `domainbus[redis]`, exit status 2). `publish` reads the `generate`/`run` file
 formats (default codec: the demo schema's, as `generate` writes). `worker` prints a progress
 line (events/s, the group's lag) every `--report-every` seconds and exits 0 after SIGTERM or
-Ctrl-C, once its batch is acknowledged and its leases released. Exit status 1: Redis could not
+Ctrl-C, once its batch is acknowledged and its leases released. `worker --trace` dispatches
+through `domainbus.observe.instrument`: spans go to the global tracer provider, which the
+dispatcher's module (or `opentelemetry-instrument`) sets up. Exit status 1: Redis could not
 be reached or refused a command (the message says which).
 """
 
@@ -48,6 +50,12 @@ def add_commands(commands: Any) -> None:
     work.add_argument("--heartbeat", type=float, default=0.25, help="seconds (0.25)")
     work.add_argument("--read-count", type=int, default=2, help="entries per partition per read")
     work.add_argument("--report-every", type=float, default=5.0, help="seconds (5.0)")
+    work.add_argument(
+        "--trace",
+        action="store_true",
+        help="a span per batch through domainbus.observe, continuing the publisher's trace "
+        "(needs domainbus[otel]; spans go to the global tracer provider)",
+    )
     work.set_defaults(handler=cmd_worker)
 
     dead = commands.add_parser("dead-letters", help="list or requeue a stream's dead letters")
@@ -129,8 +137,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from domainbus.cli import load_dispatcher
     from domainbus.redis.worker import RedisWorker, WorkerStats
 
+    instrument = _instrument() if args.trace else None  # before importing the user's module
     module, dispatcher = load_dispatcher(args.target)
     codec = _codec(args.codec, module)
+    if instrument is not None:
+        dispatcher = instrument(dispatcher)
 
     def report(stats: WorkerStats) -> None:
         print(stats.line(), flush=True)
@@ -169,6 +180,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _instrument() -> Any:
+    """`domainbus.observe.instrument`: wraps the dispatcher so each dispatched batch gets a span
+    whose parent (or links) is the trace context the publisher stored with the frames."""
+    try:
+        from domainbus.observe import instrument
+    except ImportError:
+        raise _usage_error("--trace needs OpenTelemetry: pip install 'domainbus[otel]'") from None
+    return instrument
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ it None (the default) and trim with XTRIM after the groups have caught up.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,14 +40,11 @@ from domainbus.redis.entries import (
     KeyFunction,
     check_name,
     check_positive,
-    default_key,
-    key_bytes,
     partition_key,
 )
+from domainbus.redis.partitions import Partitioner
 
 __all__ = ["PublishError", "RedisPublisher"]
-
-_CACHE_SIZE = 100_000  # keys whose partition is remembered (the cache is cleared beyond)
 
 
 class PublishError(DomainbusError):
@@ -93,10 +89,10 @@ class RedisPublisher:
         self.partitions = check_positive("partitions", partitions)
         self.frame_size = check_positive("frame_size", frame_size)
         self.maxlen = None if maxlen is None else check_positive("maxlen", maxlen)
-        self.key: KeyFunction = default_key if key is None else key
+        self._partitioner = Partitioner(partitions, key)
+        self.key: KeyFunction = self._partitioner.key
         self._names = [partition_key(stream, p) for p in range(partitions)]
         self._checked = False
-        self._cache: dict[object, int] = {}  # str and int keys -> partition
 
     def __repr__(self) -> str:
         return f"RedisPublisher(stream={self.stream!r}, partitions={self.partitions})"
@@ -112,7 +108,7 @@ class RedisPublisher:
             return 0
         if not self._checked:
             self._check_partitions()
-        groups = self._group(events)
+        groups = self._partitioner.group(events)
         frames: list[tuple[int, int]] = []  # (partition, events in the frame), pipeline order
         pipe = self.client.pipeline(transaction=False)
         size, encode, maxlen = self.frame_size, self.codec.encode_batch, self.maxlen
@@ -159,40 +155,6 @@ class RedisPublisher:
             ) from exc
         self._checked = True
 
-    def _partitions_of(self, events: list[Any]) -> list[int]:
-        """The partition of each event; partitions of repeated keys come from a small cache."""
-        key = self.key
-        if key is default_key:
-            keys = [
-                e.event_id if (k := getattr(e, "aggregate_id", None)) is None else k for e in events
-            ]
-        else:
-            keys = list(map(key, events))
-        cache = self._cache
-        try:
-            return [cache[k] for k in keys]  # the usual case: aggregates seen before
-        except (KeyError, TypeError):
-            pass
-        count, crc = self.partitions, zlib.crc32
-        if len(cache) > _CACHE_SIZE:
-            cache.clear()
-        partitions = []
-        for k in keys:
-            partition = cache.get(k) if isinstance(k, str | int) else None
-            if partition is None:
-                partition = crc(key_bytes(k)) % count
-                if isinstance(k, str | int):  # not event ids: they never come back
-                    cache[k] = partition
-            partitions.append(partition)
-        return partitions
-
-    def _group(self, events: list[Any]) -> list[list[Any]]:
-        groups: list[list[Any]] = [[] for _ in range(self.partitions)]
-        appends = [group.append for group in groups]
-        for event, partition in zip(events, self._partitions_of(events), strict=True):
-            appends[partition](event)
-        return groups
-
     def _first_unwritten(
         self, events: list[Any], frames: list[tuple[int, int]], failed: set[int]
     ) -> int:
@@ -203,7 +165,7 @@ class RedisPublisher:
             frame_of[partition, numbers[partition]] = index
             numbers[partition] += 1
         seen = [0] * self.partitions
-        for index, partition in enumerate(self._partitions_of(events)):
+        for index, partition in enumerate(self._partitioner.partitions_of(events)):
             if frame_of[partition, seen[partition] // self.frame_size] in failed:
                 return index
             seen[partition] += 1

@@ -24,12 +24,13 @@ event and the failing events go to the dead-letter stream (`dead_letters`), with
 records and malformed entries; the rest goes on. A lost connection (or Redis restarting) is
 retried with exponential backoff; unsent acknowledgements are sent first, then every held
 partition is recovered again. SIGTERM and SIGINT (with `handle_signals`) finish the current
-batch, acknowledge it, release the leases and return; a second SIGINT interrupts at once.
+batch, acknowledge it, release the leases, delete the consumer from the group where it has no
+pending entry left (XGROUP DELCONSUMER) and return; a second SIGINT interrupts at once.
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import logging
 import os
 import random
@@ -50,6 +51,7 @@ from domainbus._trace import incoming
 from domainbus.codec import EventCodec
 from domainbus.delivery import batch_index
 from domainbus.errors import DecodeError
+from domainbus.redis.collector import spared_collector
 from domainbus.redis.connection import connect, stream_partitions
 from domainbus.redis.dead_letters import dead_letter_fields, frame_of_records
 from domainbus.redis.entries import (
@@ -68,6 +70,21 @@ __all__ = ["BatchDispatcher", "RedisWorker", "WorkerStats"]
 log = logging.getLogger("domainbus.redis")
 
 _RETRIED = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError is a ConnectionError
+
+
+# KEYS: the partition streams; ARGV: group, consumer. Deletes the consumer from the group of
+# each stream where it has no pending entry (atomically: nothing is read in between).
+_DELETE_IDLE_CONSUMER = """
+local deleted = 0
+for i = 1, #KEYS do
+  local found = redis.pcall('XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2])
+  if type(found) == 'table' and found.err == nil and #found == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
 
 
 class BatchDispatcher(Protocol):
@@ -110,9 +127,8 @@ class RedisWorker:
     `consumer` must be unique among the group's live workers (default: host name and pid).
     `read_count`: entries read per partition per XREADGROUP. `lease_ms`: how long a dead
     worker's partitions wait before others take them over. `report(stats)` is called every
-    `report_every` seconds. `freeze_gc`: `gc.freeze()` while running (undone at the end), so
-    the collector does not walk the start-up objects again and again (2 workers ran at
-    1.2-2.0M instead of 2.1-2.65M events/s without it in a prototype).
+    `report_every` seconds. `freeze_gc`: while running, `gc.freeze()` the start-up objects and
+    collect the youngest generation less often (undone at the end; see `collector`).
     """
 
     def __init__(
@@ -190,15 +206,8 @@ class RedisWorker:
                 return self.stats(0.0, lag=None)  # stopped before Redis could be reached
             assert self._leases is not None
             self._leases.start_heartbeat()
-            froze = self.freeze_gc and gc.get_freeze_count() == 0
-            if froze:  # the loop's garbage is short-lived: spare the GC the start-up objects
-                gc.collect()
-                gc.freeze()
-            try:
+            with spared_collector() if self.freeze_gc else contextlib.nullcontext():
                 self._loop()
-            finally:
-                if froze:
-                    gc.unfreeze()
         finally:
             for signum, handler in restore.items():
                 signal.signal(signum, handler)
@@ -238,8 +247,16 @@ class RedisWorker:
         try:
             self._flush_acks()
             leases.release_all()
+            self._leave_group()
         except redis.RedisError as exc:
             log.warning("domainbus worker %s: could not release at exit: %r", self.consumer, exc)
+
+    def _leave_group(self) -> None:
+        """At exit: delete this consumer from the group of every partition where it has no
+        pending entry (XGROUP DELCONSUMER drops a consumer's pending entries, so one that
+        has some is kept: they stay claimable), so consumers do not pile up in XINFO."""
+        script = self.client.register_script(_DELETE_IDLE_CONSUMER)
+        script(keys=self._keys, args=[self.group, self.consumer])
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
