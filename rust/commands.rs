@@ -583,7 +583,7 @@ static EXECUTE: MethodDef = MethodDef(ffi::PyMethodDef {
         PyCFunction: pyo3::impl_::trampoline::get_trampoline_function!(binaryfunc, execute_body),
     },
     ml_flags: ffi::METH_O,
-    ml_doc: c"execute($self, command, /)\n--\n\nRun the handler of `command`'s exact type and return its result.".as_ptr(),
+    ml_doc: c"execute($self, command, /)\n--\n\nRun the handler of `command`'s exact type and return its result (rules 2, 3, 5).".as_ptr(),
 });
 
 /// Put the METH_O `execute` on the Dispatcher class (called once, at module import).
@@ -682,7 +682,7 @@ impl Dispatcher {
         Ok(state.table.get(&key).map(|e| e.handler.bind(py).clone()))
     }
 
-    /// Provide dependencies for the handlers registered from now on.
+    /// Provide dependencies for the handlers registered from now on (rule 6).
     #[pyo3(signature = (*by_type, **by_name))]
     fn provide<'py>(
         &self,
@@ -755,7 +755,7 @@ impl Dispatcher {
             && nested::after_drain(self.id, callback.clone().unbind()).is_ok()
     }
 
-    /// Awaitable `execute`: an awaitable result is awaited (see `domainbus._commands`).
+    /// Awaitable `execute`: an awaitable result is awaited (rule 4).
     fn execute_async<'py>(
         slf: &Bound<'py, Self>,
         command: &Bound<'py, PyAny>,

@@ -383,12 +383,46 @@ impl Dispatcher {
 /// Slots of the single-dispatch table (`Dispatcher::hot_slots`; a power of two).
 const HOT_SLOTS: usize = 256;
 
+/// Slots a class may take, from its own on (bounded linear probing): classes whose slots
+/// collide each get one of these, so the second is not sent down `hot_miss` on every call.
+/// A lookup checks all of them (a slot emptied since is not an end), the first inline.
+const HOT_PROBES: usize = 4;
+
 /// The slot of a class in `hot_slots` (Fibonacci hashing of its address).
 #[inline(always)]
 fn hot_slot(event_type: &Bound<'_, PyType>) -> usize {
     let address = event_type.as_ptr() as usize as u64;
     ((address >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HOT_SLOTS.trailing_zeros()))
         as usize
+}
+
+/// The `probe`-th slot a class may take (0: its own).
+#[inline(always)]
+fn probed(slot: usize, probe: usize) -> usize {
+    (slot + probe) & (HOT_SLOTS - 1)
+}
+
+/// The tuple `slot` holds for `event_type`, or None when the slot holds another class (or a
+/// dead weak reference: a class collected since, whatever is now at its address), or nothing.
+///
+/// # Safety
+/// The GIL is held and `slots` is a list of `2 * HOT_SLOTS` items; the result is borrowed
+/// from the list (make it owned before any Python code runs).
+#[inline(always)]
+unsafe fn slot_regs(
+    slots: *mut ffi::PyObject,
+    slot: usize,
+    event_type: &Bound<'_, PyType>,
+) -> Option<*mut ffi::PyObject> {
+    // SAFETY: as the caller promised, `2 * slot + 1 < 2 * HOT_SLOTS` items, read only.
+    unsafe {
+        let class = ffi::PyList_GET_ITEM(slots, (2 * slot) as ffi::Py_ssize_t);
+        let regs = ffi::PyList_GET_ITEM(slots, (2 * slot + 1) as ffi::Py_ssize_t);
+        (ffi::PyWeakref_CheckRefExact(class) != 0
+            && ffi::PyWeakref_GetObject(class) == event_type.as_ptr()
+            && ffi::PyTuple_CheckExact(regs) != 0)
+            .then_some(regs)
+    }
 }
 
 /// A new, empty `hot_slots` list.
@@ -507,17 +541,12 @@ impl Dispatcher {
         if self.hot_version.load(Ordering::Relaxed) == version {
             let slot = hot_slot(event_type);
             // SAFETY: GIL held; `hot_slots` is a list of 2 * HOT_SLOTS items (or empty, if
-            // its creation failed: then the length check fails); the items are borrowed and
-            // only read, or made owned at once.
+            // its creation failed: then the length check fails); the tuple found is borrowed
+            // and made owned at once.
             unsafe {
                 let slots = self.hot_slots.as_ptr();
                 if ffi::PyList_GET_SIZE(slots) as usize == 2 * HOT_SLOTS {
-                    let class = ffi::PyList_GET_ITEM(slots, (2 * slot) as ffi::Py_ssize_t);
-                    let regs = ffi::PyList_GET_ITEM(slots, (2 * slot + 1) as ffi::Py_ssize_t);
-                    if ffi::PyWeakref_CheckRefExact(class) != 0
-                        && ffi::PyWeakref_GetObject(class) == event_type.as_ptr()
-                        && ffi::PyTuple_CheckExact(regs) != 0
-                    {
+                    if let Some(regs) = slot_regs(slots, slot, event_type) {
                         return Ok(Bound::from_borrowed_ptr(py, regs).cast_into_unchecked());
                     }
                 }
@@ -536,11 +565,23 @@ impl Dispatcher {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_type.py();
         let slots = self.hot_slots.bind(py);
+        let slot = hot_slot(event_type);
         if self.hot_version.load(Ordering::Relaxed) != version {
             // Marked first: releasing the old lists may run Python code, which may dispatch
             // (and fill slots) or change the registry (then nothing is stored below).
             self.hot_version.store(version, Ordering::Relaxed);
             clear_slots(slots);
+        } else if slots.len() == 2 * HOT_SLOTS {
+            // The other slots the class may have taken (its own was looked at by `hot_regs`).
+            for probe in 1..HOT_PROBES {
+                // SAFETY: GIL held, the list has 2 * HOT_SLOTS items (checked just above, no
+                // Python code run since); the tuple found is made owned at once.
+                unsafe {
+                    if let Some(regs) = slot_regs(slots.as_ptr(), probed(slot, probe), event_type) {
+                        return Ok(Bound::from_borrowed_ptr(py, regs).cast_into_unchecked());
+                    }
+                }
+            }
         }
         let resolved = self.state.load().resolve(event_type)?;
         let regs = PyTuple::new(py, resolved.iter().map(|reg| reg.clone_ref(py)))?;
@@ -549,16 +590,25 @@ impl Dispatcher {
             this.version.load(Ordering::Acquire) == version
                 && this.hot_version.load(Ordering::Relaxed) == version
         };
-        let slot = hot_slot(event_type);
         // a free slot (empty, or its class collected) is taken: its tuple first, then its class
-        let free = |slots: &Bound<'py, PyList>| -> PyResult<bool> {
+        let free = |slots: &Bound<'py, PyList>, slot: usize| -> PyResult<bool> {
             let class = slots.get_item(2 * slot)?;
             Ok(class.is_none()
                 || class
                     .cast::<pyo3::types::PyWeakrefReference>()
                     .is_ok_and(|r| r.upgrade().is_none()))
         };
-        if current(self) && slots.len() == 2 * HOT_SLOTS && free(slots)? {
+        if !(current(self) && slots.len() == 2 * HOT_SLOTS) {
+            return Ok(regs);
+        }
+        let mut target = None;
+        for probe in 0..HOT_PROBES {
+            if free(slots, probed(slot, probe))? {
+                target = Some(probed(slot, probe));
+                break;
+            }
+        }
+        if let Some(slot) = target {
             // SAFETY: GIL held, `event_type` is a live class (classes take weak references);
             // the result is a new reference or NULL with an exception set.
             let weak = unsafe {
@@ -569,7 +619,7 @@ impl Dispatcher {
             };
             if let Ok(weak) = weak {
                 slots.set_item(2 * slot + 1, &regs)?;
-                if current(self) && free(slots)? {
+                if current(self) && free(slots, slot)? {
                     slots.set_item(2 * slot, weak)?;
                 }
             }

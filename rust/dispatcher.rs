@@ -107,34 +107,19 @@ fn qualname_of_type(value: &Bound<'_, PyAny>) -> PyResult<String> {
         .to_string())
 }
 
-/// Take the keyword options a method accepts out of `**kwargs`, rejecting unknown names.
-/// (Parsed by hand so that an explicit `None` is checked like any other value, as in Python.)
-fn take_options<'py, const N: usize>(
-    method: &str,
-    kwargs: Option<&Bound<'py, PyDict>>,
-    names: [&str; N],
-) -> PyResult<[Option<Bound<'py, PyAny>>; N]> {
-    let mut found: [Option<Bound<'py, PyAny>>; N] = std::array::from_fn(|_| None);
-    let Some(kwargs) = kwargs else {
-        return Ok(found);
-    };
-    for (key, value) in kwargs.iter() {
-        let key = key.to_string();
-        match names.iter().position(|name| *name == key) {
-            Some(i) => found[i] = Some(value),
-            None => {
-                return Err(PyTypeError::new_err(format!(
-                    "{method}() got an unexpected keyword argument '{key}'"
-                )))
-            }
-        }
-    }
-    Ok(found)
+/// A keyword argument as given, explicit None included: its default (None) means "not given",
+/// so `weak=None` is checked like any other value, as in Python.
+fn given<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(Some(value.clone()))
 }
 
 impl Options {
-    fn parse(method: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let [priority, once, weak] = take_options(method, kwargs, ["priority", "once", "weak"])?;
+    /// Checked after the positional arguments, in the pure backend's order.
+    fn parse(
+        priority: Option<Bound<'_, PyAny>>,
+        once: Option<Bound<'_, PyAny>>,
+        weak: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let priority = match priority {
             None => 0,
             Some(value) if value.is_instance_of::<PyInt>() => {
@@ -275,12 +260,11 @@ impl Dispatcher {
 }
 
 impl Config {
-    fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let [on_error, on_unhandled, nested] = take_options(
-            "Dispatcher",
-            options,
-            ["on_error", "on_unhandled", "nested"],
-        )?;
+    fn parse(
+        on_error: Option<Bound<'_, PyAny>>,
+        on_unhandled: Option<Bound<'_, PyAny>>,
+        nested: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let on_error = on_error
             .as_ref()
             .map_or(Ok(Policy::Raise), Policy::from_py)?;
@@ -326,7 +310,10 @@ impl Dispatcher {
     /// The options are taken by `__init__`, so a subclass may have its own `__init__`
     /// arguments (and call `super().__init__(**options)`), as with the pure backend.
     #[new]
-    #[pyo3(signature = (*args, **kwargs))]
+    #[pyo3(
+        signature = (*args, **kwargs),
+        text_signature = "(*, on_error='raise', on_unhandled=None, nested='immediate')"
+    )]
     fn new(py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         let _ = (args, kwargs);
         Self {
@@ -344,9 +331,21 @@ impl Dispatcher {
 
     /// `Dispatcher(*, on_error="raise", on_unhandled=None, nested="immediate")`: (re)set the
     /// options; like the pure backend's `__init__`, this also starts from an empty registry.
-    #[pyo3(signature = (**options))]
-    fn __init__(&self, options: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
-        let config = Config::parse(options)?;
+    /// (The class's signature is `#[new]`'s text signature: CPython shows no other for a
+    /// class whose `__init__` is a slot.)
+    #[pyo3(signature = (
+        *,
+        on_error = None,
+        on_unhandled = None,
+        nested = None,
+    ))]
+    fn __init__(
+        &self,
+        #[pyo3(from_py_with = given)] on_error: Option<Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = given)] on_unhandled: Option<Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = given)] nested: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let config = Config::parse(on_error, on_unhandled, nested)?;
         let flags = config.flags();
         self.config.store(Arc::new(config));
         self.flags.store(flags, Ordering::Relaxed);
@@ -379,12 +378,21 @@ impl Dispatcher {
     }
 
     /// Call `handler(event)` for every event of `event_type` or a subclass; returns handler.
-    #[pyo3(signature = (event_type, handler, **options))]
+    ///
+    /// `once`: removed before its first call. `weak`: held by a weak reference (WeakMethod
+    /// for bound methods) and dropped when its target is collected. Registering the same
+    /// (class, handler) pair again changes nothing.
+    #[pyo3(
+        signature = (event_type, handler, *, priority = None, once = None, weak = None),
+        text_signature = "($self, event_type, handler, *, priority=0, once=False, weak=False)"
+    )]
     fn register_handler<'py>(
         slf: &Bound<'py, Self>,
         event_type: &Bound<'py, PyAny>,
         handler: &Bound<'py, PyAny>,
-        options: Option<&Bound<'py, PyDict>>,
+        #[pyo3(from_py_with = given)] priority: Option<Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = given)] once: Option<Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = given)] weak: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let event_type = check_event_type(event_type)?;
         if !handler.is_callable() {
@@ -393,7 +401,7 @@ impl Dispatcher {
                 qualname_of_type(handler)?
             )));
         }
-        let options = Options::parse("register_handler", options)?;
+        let options = Options::parse(priority, once, weak)?;
         let bound = slf.get().commands.inject(handler, options.weak)?; // its dependencies
         let target = Self::make_target(slf, &bound, options.weak)?;
         let this = slf.get();
@@ -420,14 +428,19 @@ impl Dispatcher {
     }
 
     /// Decorator form of `register_handler`.
-    #[pyo3(signature = (event_type, **options))]
-    fn handler(
-        slf: &Bound<'_, Self>,
-        event_type: &Bound<'_, PyAny>,
-        options: Option<&Bound<'_, PyDict>>,
+    #[pyo3(
+        signature = (event_type, *, priority = None, once = None, weak = None),
+        text_signature = "($self, event_type, *, priority=0, once=False, weak=False)"
+    )]
+    fn handler<'py>(
+        slf: &Bound<'py, Self>,
+        event_type: &Bound<'py, PyAny>,
+        #[pyo3(from_py_with = given)] priority: Option<Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = given)] once: Option<Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = given)] weak: Option<Bound<'py, PyAny>>,
     ) -> PyResult<HandlerDecorator> {
         let event_type = check_event_type(event_type)?;
-        let options = Options::parse("handler", options)?;
+        let options = Options::parse(priority, once, weak)?;
         Ok(HandlerDecorator {
             dispatcher: slf.clone().into_any().unbind(),
             event_type: event_type.clone().unbind(),

@@ -206,8 +206,12 @@ impl BatchQueue {
         self.shared.load().len()
     }
 
-    /// Queue `event`; when full, wait for room (GIL released) up to `timeout`, or raise
-    /// `queue.Full` (at once when `block` is False).
+    /// Queue `event`. When full: wait for room (up to `timeout` seconds, then raise
+    /// `queue.Full`), or raise `queue.Full` at once when `block` is False.
+    ///
+    /// Raises QueueClosed after `stop()`, or the consumer's pending exception (rule 3); the
+    /// event is not queued then.
+    // (The wait releases the GIL.)
     #[pyo3(signature = (event, *, block = true, timeout = None))]
     fn put(
         &self,
@@ -222,6 +226,13 @@ impl BatchQueue {
     }
 
     /// Queue every event of `events` in order, as `put` would; returns how many.
+    ///
+    /// `timeout` bounds the whole call. The `queue.Full` or QueueClosed it raises has an
+    /// `accepted` attribute: the events before that index went in; the one at that index
+    /// was taken from the iterable but not queued. Any other exception gets a note saying
+    /// how many went in. A list or tuple is copied in slices under the lock; any other
+    /// iterable is read one event at a time outside it (its code may use the queue).
+    // (Here "the lock" is the GIL: a list or tuple is pushed without running Python code.)
     #[pyo3(signature = (events, *, block = true, timeout = None))]
     fn put_many(
         &self,
@@ -235,14 +246,24 @@ impl BatchQueue {
     }
 
     /// Dispatch what is queued (at most `max_events`) in the calling thread, in batches;
-    /// returns the handler calls made.
+    /// returns the handler calls made. A handler's exception propagates (rule 3).
+    ///
+    /// The return value counts handler calls, not events (as `dispatch_batch` does): an event
+    /// with three handlers adds 3, one with none adds 0. `max_events` counts events; so does
+    /// `dispatched_count` (read it before and after for the events this call took).
+    ///
+    /// Raises RuntimeError while the started consumer or another `drain()` is consuming.
     #[pyo3(signature = (max_events = None))]
     fn drain(&self, py: Python<'_>, max_events: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         let max_events = args::max_events(max_events)?;
         self.drain_all(py, max_events)
     }
 
-    /// Start the background consumer (a daemon `threading.Thread`).
+    /// Start the background consumer (a daemon thread that sleeps while the queue is
+    /// empty and dispatches batches as they come).
+    ///
+    /// Raises the consumer's pending exception (rule 3), RuntimeError if already started,
+    /// after `stop()`, or while a `drain()` is running.
     fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let shared = this.shared.load_full();
@@ -265,7 +286,14 @@ impl BatchQueue {
             .inspect_err(|_| shared.worker_active.store(false, SeqCst))
     }
 
-    /// Close the queue, then wait for the consumer (see the pure backend for the contract).
+    /// Close the queue (`put` raises QueueClosed from now on), then wait for the consumer.
+    ///
+    /// `drain=True`: what is queued is dispatched first (by the consumer, or by the calling
+    /// thread when none is started); `drain=False`: the consumer ends after the event in hand
+    /// and the rest stays queued for `drain()`. Returns False if the consumer was still busy
+    /// after `timeout` seconds (call `stop()` again to wait more) or when called from the
+    /// consumer's own thread; True once it has finished. Raises the consumer's pending
+    /// exception (rule 3) after closing.
     #[pyo3(signature = (*, drain = true, timeout = None))]
     fn stop(
         &self,
@@ -277,7 +305,12 @@ impl BatchQueue {
         self.stop_impl(py, drain, deadline)
     }
 
-    /// Wait until every event put before the call has been dispatched; False on timeout.
+    /// Wait until every event put before the call has been dispatched, its handlers done
+    /// (by the consumer or by `drain()` in other threads). Returns False if `timeout` seconds
+    /// passed first.
+    ///
+    /// Raises the consumer's pending exception (rule 3), and RuntimeError from the thread
+    /// consuming this queue (it would wait for itself).
     #[pyo3(signature = (timeout = None))]
     fn join(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         let deadline = args::deadline(timeout)?;

@@ -44,11 +44,17 @@ class HandlerDecorator:
 
 @disjoint_base
 class Dispatcher:
-    # The options (on_error="raise" | "collect" | callable, on_unhandled=None | callable,
-    # nested="immediate" | "queue", keyword-only) are taken by __init__, so a subclass may have
-    # its own __init__ arguments; an extension's __init__ slot shows no finer signature.
+    # The options are taken by __init__ (keyword-only), so a subclass may have its own
+    # __init__ arguments: __new__ accepts anything. `inspect.signature(Dispatcher)` shows
+    # __init__'s (the text signature of rust/dispatcher.rs `#[new]`).
     def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
-    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def __init__(
+        self,
+        *,
+        on_error: Literal["raise", "collect"] | _ErrorCallback = "raise",
+        on_unhandled: Callable[[Any], object] | None = None,
+        nested: Literal["immediate", "queue"] = "immediate",
+    ) -> None: ...
     @property
     def on_error(self) -> Literal["raise", "collect"] | _ErrorCallback: ...
     @property

@@ -65,7 +65,7 @@ pub struct Shared {
     /// `join` that sees it also sees the exception.
     pub completed: AtomicU64,
     pub closed: AtomicBool,
-    /// `control.error` is set.
+    /// `control.error` is set (changed only with `control` held, so the two always agree).
     pub failed: AtomicBool,
     pub stop: AtomicU8,
     /// The consumer role: held by the started consumer for its whole run, or by one `drain()`.
@@ -240,27 +240,33 @@ impl Shared {
     }
 
     /// Take the consumer's exception, if it left one (rule 3: it is raised once).
+    ///
+    /// `failed` is changed only under `control`, with the error: cleared after the lock, an
+    /// error stored in between (by a consumer started meanwhile) would be kept with `failed`
+    /// false, and never raised.
     pub fn take_error(&self) -> Option<PyErr> {
         if !self.failed.load(SeqCst) {
             return None;
         }
-        let error = lock(&self.control).error.take();
+        let mut control = lock(&self.control);
         self.failed.store(false, SeqCst);
-        error
+        control.error.take() // dropped by the caller, after the lock
     }
 
     /// Keep the consumer's exception (the first one, if somehow two come).
     pub fn store_error(&self, error: PyErr) {
         let rejected = {
             let mut control = lock(&self.control);
-            if control.error.is_none() {
-                control.error = Some(error);
-                None
-            } else {
-                Some(error)
-            }
+            let rejected = match control.error {
+                None => {
+                    control.error = Some(error);
+                    None
+                }
+                Some(_) => Some(error),
+            };
+            self.failed.store(true, SeqCst); // under the lock, as `take_error` clears it
+            rejected
         };
-        self.failed.store(true, SeqCst);
         drop(rejected); // after the lock: dropping a PyErr may run Python code
     }
 
@@ -301,5 +307,47 @@ impl Shared {
 
     pub fn on_consumer_thread(&self) -> bool {
         lock(&self.control).consumer == Some(std::thread::current().id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::exceptions::PyValueError;
+    use std::time::Instant;
+
+    /// `failed` is what tells `take_error` to look (rule 3 relies on it): whenever `control`
+    /// is free, it must say whether `control.error` is set. One thread stores errors, one takes
+    /// them, and a third checks that, holding the lock, for a bounded time. With `failed`
+    /// changed after the lock was released, this sees thousands of disagreements; one of them
+    /// (take: error taken, lock released; store: error kept, `failed` set; take: `failed`
+    /// cleared) loses the second error for good.
+    #[test]
+    fn failed_says_whether_an_error_is_kept_whenever_the_lock_is_free() {
+        let shared = Shared::new(1);
+        let done = AtomicBool::new(false);
+        let mut mismatches = 0u64;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(SeqCst) {
+                    shared.store_error(PyValueError::new_err("consumer failed"));
+                }
+            });
+            s.spawn(|| {
+                while !done.load(SeqCst) {
+                    drop(shared.take_error());
+                }
+            });
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                let control = lock(&shared.control);
+                if control.error.is_some() != shared.failed.load(SeqCst) {
+                    mismatches += 1;
+                }
+                drop(control);
+            }
+            done.store(true, SeqCst);
+        });
+        assert_eq!(mismatches, 0, "`failed` disagreed with the kept error");
     }
 }
