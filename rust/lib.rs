@@ -9,6 +9,7 @@
 //! - `awaiting`: the hand-written coroutine of sequential `dispatch_async` (the fast path);
 //! - `async_plan`: the plan/take primitives of the general async path (`domainbus._async`);
 //! - `ids`: UUIDv7 event ids and UTC timestamps;
+//! - `metrics`: per-handler counters (calls, failures, sampled time), when switched on;
 //! - `queue`: the `BatchQueue` (lock-free batching queue feeding the dispatch loop).
 
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ mod dispatcher;
 mod errors;
 mod handled;
 mod ids;
+mod metrics;
 mod nested;
 mod queue;
 mod registry;
