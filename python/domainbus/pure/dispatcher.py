@@ -274,7 +274,6 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             self._metrics = MetricsTable()
             if self._meter is not None:
                 self._meter = self._metrics
-            self._publish(self._state.registry)
 
     def metrics(self) -> list[dict[str, Any]]:
         """Per (event type, handler) called since the last reset: a dict of `event_type`
