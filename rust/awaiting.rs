@@ -414,7 +414,8 @@ impl AsyncDispatch {
                     if self.types.len() == REMEMBERED_TYPES {
                         self.types.clear();
                     }
-                    self.types.push((event_type.clone().unbind(), regs, metered));
+                    self.types
+                        .push((event_type.clone().unbind(), regs, metered));
                     self.slot = self.types.len() - 1;
                 }
             }

@@ -300,7 +300,9 @@ impl Dispatcher {
             return Ok(0);
         }
         match metered {
-            None => self.call_handlers::<false>(config, regs, None, event, &event_type, index, failures),
+            None => {
+                self.call_handlers::<false>(config, regs, None, event, &event_type, index, failures)
+            }
             Some(metered) => {
                 self.call_metered(config, regs, metered, event, &event_type, index, failures)
             }
@@ -321,7 +323,15 @@ impl Dispatcher {
         index: Option<usize>,
         failures: &mut Option<Vec<PyErr>>,
     ) -> PyResult<u64> {
-        self.call_handlers::<true>(config, regs, Some(metered), event, event_type, index, failures)
+        self.call_handlers::<true>(
+            config,
+            regs,
+            Some(metered),
+            event,
+            event_type,
+            index,
+            failures,
+        )
     }
 
     /// Call the resolved handlers of one event; returns the calls made. `METERED` (with the
@@ -382,14 +392,7 @@ impl Dispatcher {
                 counter.end(start, errors::is_exception(py, &failure));
             }
             self.handle_failure(
-                py,
-                config,
-                failure,
-                handler,
-                event,
-                event_type,
-                index,
-                failures,
+                py, config, failure, handler, event, event_type, index, failures,
             )?;
         }
         Ok(calls)

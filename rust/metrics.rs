@@ -33,7 +33,10 @@ const PLANS_LIMIT: usize = 4096;
 /// and the store, so no other thread can update the same counter in between.
 #[inline(always)]
 fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// What reading the clock adds to a measured interval: the least of a few back-to-back reads'

@@ -129,7 +129,9 @@ def test_fast_handlers_are_sampled(backend: ModuleType) -> None:
 @pytest.mark.parametrize("policy", ["raise", "collect", "callback"])
 def test_failures_whatever_on_error_does(backend: ModuleType, policy: str) -> None:
     seen: list[BaseException] = []
-    on_error: Any = (lambda exc, event, handler: seen.append(exc)) if policy == "callback" else policy
+    on_error: Any = (
+        (lambda exc, event, handler: seen.append(exc)) if policy == "callback" else policy
+    )
     dispatcher = backend.Dispatcher(metrics=True, on_error=on_error)
     dispatcher.register_handler(Base, boom)
     dispatcher.register_handler(Base, noop)
@@ -213,7 +215,7 @@ def test_nested_dispatch(backend: ModuleType) -> None:
     for nested in ("immediate", "queue"):
         dispatcher = backend.Dispatcher(metrics=True, nested=nested)
 
-        def outer(event: object) -> None:
+        def outer(event: object, dispatcher: Any = dispatcher) -> None:
             dispatcher.dispatch(Other())
 
         def inner(event: object) -> None:

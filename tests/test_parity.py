@@ -1,10 +1,11 @@
 """Parity: random programs run on both backends side by side must behave identically.
 
 A Hypothesis state machine registers, unregisters, dispatches (single and batch, synchronous and
-async, sequential and concurrent), clears, drops weakly held handlers, switches metrics on
-and off, and inspects `handlers_for` and the metrics' calls and failures, on a pure and a Rust dispatcher built with the same random options. Handlers log,
-raise, dispatch nested events, (un)register other handlers, and some are `async def` (awaited by
-async dispatch, a TypeError in sync dispatch). After every step the call logs, return values and
+async, sequential and concurrent), clears, drops weakly held handlers, switches metrics on and
+off, and inspects `handlers_for` and the metrics' calls and failures, on a pure and a Rust
+dispatcher built with the same random options. Handlers log, raise, dispatch nested events,
+(un)register other handlers, and some are `async def` (awaited by async dispatch, a TypeError in
+sync dispatch). After every step the call logs, return values and
 exceptions (type, message, notes, and the members of exception groups) must be equal.
 
 Odd cases are generated too (issue 10): handlers that are callable objects whose `__eq__`

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from types import FunctionType
 from typing import Any, Protocol
 
-from domainbus._async import _FRAMES, _active_fifo, _Run
+from domainbus._async import _FRAMES, _active_fifo, _AsyncCapable, _Run
 from domainbus._notes import describe_handler
 from domainbus.errors import UnknownCommand
 
@@ -328,15 +328,7 @@ def unknown_command(
 # -- async ------------------------------------------------------------------------------------
 
 
-class _CommandCapable(Protocol):
-    @property
-    def on_error(self) -> Any: ...
-    @property
-    def on_unhandled(self) -> Any: ...
-    @property
-    def nested(self) -> str: ...
-    def _plan(self, event_type: type) -> tuple[Any, ...]: ...
-    def _take(self, registration: Any) -> Any: ...
+class _CommandCapable(_AsyncCapable, Protocol):
     def _command_route(self, command: object) -> tuple[Callable[..., Any], Any]: ...
 
 
