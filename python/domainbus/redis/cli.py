@@ -48,6 +48,9 @@ def add_commands(commands: Any) -> None:
     work.add_argument("--heartbeat", type=float, default=0.25, help="seconds (0.25)")
     work.add_argument("--read-count", type=int, default=2, help="entries per partition per read")
     work.add_argument("--report-every", type=float, default=5.0, help="seconds (5.0)")
+    work.add_argument(
+        "--metrics", action="store_true", help="print each handler's calls and time at the end"
+    )
     work.set_defaults(handler=cmd_worker)
 
     dead = commands.add_parser("dead-letters", help="list or requeue a stream's dead letters")
@@ -131,6 +134,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     module, dispatcher = load_dispatcher(args.target)
     codec = _codec(args.codec, module)
+    if args.metrics:
+        from domainbus.metrics_report import enable_metrics
+
+        try:
+            enable_metrics(dispatcher, args.target)
+        except ValueError as exc:
+            raise _usage_error(str(exc)) from None
 
     def report(stats: WorkerStats) -> None:
         print(stats.line(), flush=True)
@@ -168,6 +178,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         f"({stats.dead_letters:,} dead letters) in {elapsed:.1f} s",
         flush=True,
     )
+    if args.metrics:
+        from domainbus.metrics_report import print_metrics
+
+        print_metrics(dispatcher)
     return 0
 
 
