@@ -99,6 +99,18 @@ TARGETS = (
         1.3,
         True,
     ),
+    *(
+        Target(
+            f"{backend} dispatch_batch metrics {state} / off, {n} handler{'s' if n > 1 else ''}",
+            f"metrics:{n}h:{backend}-{state}",
+            f"metrics:{n}h:{backend}-off",
+            1.3 if state == "on" else 1.05,
+            True,
+        )
+        for backend in ("rust", "pure")
+        for n in (1, 3)
+        for state in ("on", "toggled")
+    ),
 )
 
 

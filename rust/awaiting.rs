@@ -10,6 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -22,6 +23,7 @@ use pyo3::PyTraverseError;
 
 use crate::dispatcher::{Config, Dispatcher};
 use crate::errors::{self, Policy};
+use crate::metrics::{Counter, Metered};
 use crate::registry::Reg;
 
 /// What an awaitable being driven belongs to: a handler's result, or a hook's.
@@ -36,6 +38,18 @@ enum Owner {
 struct Awaiting {
     iter: Py<PyAny>,
     owner: Owner,
+    /// A handler's awaitable while metrics are on: its row and when the handler was called.
+    timer: Option<Timer>,
+}
+
+/// A handler call being timed (rule 16: until its awaitable is done).
+type Timer = (Arc<Counter>, Instant);
+
+/// Count a timed call as over; `failed`: it raised an `Exception`.
+fn stop(timer: Option<Timer>, failed: bool) {
+    if let Some((counter, start)) = timer {
+        counter.end(Some(start), failed);
+    }
 }
 
 /// The event whose handlers are being called.
@@ -77,9 +91,9 @@ pub struct AsyncDispatch {
     version: u64,
     /// Event types resolved under registry `version` (held, so their addresses stay unique)
     /// and their registrations, each one our own reference (reported to the GC: a handler
-    /// unregistered or consumed meanwhile is kept by nothing else); `slot` is the current
-    /// event's.
-    types: Vec<(Py<PyType>, Vec<Reg>)>,
+    /// unregistered or consumed meanwhile is kept by nothing else), with their counters while
+    /// metrics are on; `slot` is the current event's.
+    types: Vec<(Py<PyType>, Vec<Reg>, Option<Metered>)>,
     slot: usize,
     current: Option<Current>,
     awaiting: Option<Awaiting>,
@@ -265,9 +279,12 @@ impl AsyncDispatch {
                         self.awaiting = Some(awaiting);
                         return Ok(value);
                     }
-                    Ok(Sent::Returned) => {}
+                    Ok(Sent::Returned) => stop(awaiting.timer, false),
                     Err(err) => match awaiting.owner {
-                        Owner::Handler(handler) => self.fail(py, err, handler.bind(py))?,
+                        Owner::Handler(handler) => {
+                            stop(awaiting.timer, errors::is_exception(py, &err));
+                            self.fail(py, err, handler.bind(py))?
+                        }
                         Owner::Hook | Owner::ErrorHook(_) => return Err(err),
                     },
                 }
@@ -309,16 +326,23 @@ impl AsyncDispatch {
                 }
                 continue;
             };
-            let regs = self.types.get(self.slot).map(|(_, regs)| regs);
-            let Some(reg) = regs.and_then(|regs| regs.get(current.next)) else {
+            let seen = self.types.get(self.slot);
+            let Some(reg) = seen.and_then(|(_, regs, _)| regs.get(current.next)) else {
                 self.current = None;
                 continue;
             };
+            let counter = seen
+                .and_then(|(_, _, metered)| metered.as_ref())
+                .and_then(|counters| counters.get(current.next).cloned());
             current.next += 1;
             let Some(handler) = self.dispatcher.get().take(py, reg)? else {
                 continue;
             };
             self.calls += 1;
+            let timer = counter.map(|counter| {
+                let start = counter.begin_timed();
+                (counter, start)
+            });
             let result = crate::unwind::call1(&handler, current.event.bind(py))
                 .and_then(|r| await_iter(&r))
                 .and_then(|iter| match iter {
@@ -329,15 +353,17 @@ impl AsyncDispatch {
                     },
                 });
             match result {
-                Ok(None) => {}
+                Ok(None) => stop(timer, false),
                 Ok(Some((iter, value))) => {
                     self.awaiting = Some(Awaiting {
                         iter: iter.unbind(),
                         owner: Owner::Handler(handler.unbind()),
+                        timer,
                     });
                     return Ok(Advance::Yielded(value));
                 }
                 Err(err) => {
+                    stop(timer, errors::is_exception(py, &err));
                     self.fail(py, err, &handler)?;
                     if self.awaiting.is_some() {
                         return Ok(Advance::Pending); // an on_error callback returned an awaitable
@@ -368,10 +394,10 @@ impl AsyncDispatch {
             self.types.clear();
         }
         let event_type = event.get_type();
-        let is_current = |types: &[(Py<PyType>, Vec<Reg>)], slot: usize| {
+        let is_current = |types: &[(Py<PyType>, Vec<Reg>, Option<Metered>)], slot: usize| {
             types
                 .get(slot)
-                .is_some_and(|(t, _)| t.as_ptr() == event_type.as_ptr())
+                .is_some_and(|(t, _, _)| t.as_ptr() == event_type.as_ptr())
         };
         if !is_current(&self.types, self.slot) {
             match (0..self.types.len()).find(|&i| is_current(&self.types, i)) {
@@ -379,11 +405,17 @@ impl AsyncDispatch {
                 None => {
                     // resolved in the registry of `version` or a newer one (rule 4 either way)
                     let resolved = dispatcher.state.load().resolve(&event_type)?;
+                    let metered = if dispatcher.metrics.enabled() && !resolved.is_empty() {
+                        Some(dispatcher.metrics.counters(py, &event_type, &resolved)?)
+                    } else {
+                        None
+                    };
                     let regs = resolved.iter().map(|reg| reg.clone_ref(py)).collect();
                     if self.types.len() == REMEMBERED_TYPES {
                         self.types.clear();
                     }
-                    self.types.push((event_type.clone().unbind(), regs));
+                    self.types
+                        .push((event_type.clone().unbind(), regs, metered));
                     self.slot = self.types.len() - 1;
                 }
             }
@@ -391,7 +423,7 @@ impl AsyncDispatch {
         if self
             .types
             .get(self.slot)
-            .is_none_or(|(_, regs)| regs.is_empty())
+            .is_none_or(|(_, regs, _)| regs.is_empty())
         {
             if let Some(hook) = &self.config.on_unhandled {
                 let result = crate::unwind::call1(hook.bind(py), &event)?;
@@ -399,6 +431,7 @@ impl AsyncDispatch {
                     self.awaiting = Some(Awaiting {
                         iter: iter.unbind(),
                         owner: Owner::Hook,
+                        timer: None,
                     });
                 }
             }
@@ -445,6 +478,7 @@ impl AsyncDispatch {
             self.awaiting = Some(Awaiting {
                 iter: iter.unbind(),
                 owner: Owner::ErrorHook(exception.unbind()),
+                timer: None,
             });
         }
         Ok(())
@@ -522,7 +556,7 @@ impl AsyncDispatch {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.dispatcher)?;
         visit.call(&self.events)?;
-        for (event_type, regs) in &self.types {
+        for (event_type, regs, _) in &self.types {
             visit.call(event_type)?;
             for reg in regs {
                 visit.call(reg)?;
@@ -567,7 +601,8 @@ impl AsyncDispatch {
             this.events = None;
             this.awaiting.take()
         };
-        if let Some(awaiting) = awaiting {
+        if let Some(mut awaiting) = awaiting {
+            stop(awaiting.timer.take(), false); // a call cut short, no failure
             let iter = awaiting.iter.bind(py);
             if iter.hasattr(intern!(py, "close"))? {
                 crate::unwind::call_method(iter, intern!(py, "close"), &[])?;

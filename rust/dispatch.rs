@@ -15,9 +15,10 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple, PyType};
 
-use crate::dispatcher::{Config, Dispatcher, Nested, COLLECT, QUEUE, UNHANDLED};
+use crate::dispatcher::{Config, Dispatcher, Nested, COLLECT, METRICS, QUEUE, UNHANDLED};
 use crate::errors::{self, Policy};
 use crate::handled;
+use crate::metrics::Metered;
 use crate::nested::{self, FrameGuard};
 use crate::registry::{Reg, Registration, Resolved, Snapshot};
 use crate::unwind;
@@ -68,7 +69,10 @@ impl Pacer {
 /// cache.
 const LOCAL_SLOTS: usize = 64;
 
-type Seen<'py> = (Bound<'py, PyType>, Resolved);
+/// A type, its resolved list and, while metrics are on, the list's counters.
+type Seen<'py> = (Bound<'py, PyType>, Resolved, Option<Metered>);
+/// What `Cursor::resolve` gives for one event.
+type Route<'a> = (&'a Resolved, Option<&'a Metered>);
 /// Where one `run` is in the registry: the snapshot it uses and the types it has resolved
 /// (holding each type, so its address cannot be reused while remembered).
 struct Cursor<'py> {
@@ -87,7 +91,7 @@ fn slot_of(event_type: &Bound<'_, PyType>) -> usize {
 }
 
 fn seen_is(seen: &Option<Seen<'_>>, event_type: &Bound<'_, PyType>) -> bool {
-    matches!(seen, Some((t, _)) if t.is(event_type))
+    matches!(seen, Some((t, _, _)) if t.is(event_type))
 }
 
 impl<'py> Cursor<'py> {
@@ -100,12 +104,21 @@ impl<'py> Cursor<'py> {
         }
     }
 
-    fn resolve_in_snapshot(&self, event_type: &Bound<'py, PyType>) -> PyResult<Seen<'py>> {
+    fn resolve_in_snapshot(
+        &self,
+        owner: &Dispatcher,
+        event_type: &Bound<'py, PyType>,
+    ) -> PyResult<Seen<'py>> {
         let regs = match &self.snapshot {
             Some(snapshot) => snapshot.resolve(event_type)?,
             None => Arc::new([]),
         };
-        Ok((event_type.clone(), regs))
+        let metered = if owner.metrics.enabled() && !regs.is_empty() {
+            Some(owner.metrics.counters(event_type.py(), event_type, &regs)?)
+        } else {
+            None
+        };
+        Ok((event_type.clone(), regs, metered))
     }
 
     /// The resolved registrations for `event_type` under the newest registry (rule 4: a
@@ -114,7 +127,7 @@ impl<'py> Cursor<'py> {
         &mut self,
         owner: &Dispatcher,
         event_type: &Bound<'py, PyType>,
-    ) -> PyResult<&Resolved> {
+    ) -> PyResult<Route<'_>> {
         let version = owner.version.load(Ordering::Acquire);
         if version != self.version || self.snapshot.is_none() {
             self.snapshot = Some(owner.state.load());
@@ -123,7 +136,7 @@ impl<'py> Cursor<'py> {
             self.table = None;
         }
         if self.first.is_none() {
-            self.first = Some(self.resolve_in_snapshot(event_type)?);
+            self.first = Some(self.resolve_in_snapshot(owner, event_type)?);
         }
         if !seen_is(&self.first, event_type) {
             let slot = slot_of(event_type);
@@ -132,18 +145,18 @@ impl<'py> Cursor<'py> {
                 .as_ref()
                 .is_some_and(|t| seen_is(&t[slot], event_type))
             {
-                let seen = self.resolve_in_snapshot(event_type)?;
+                let seen = self.resolve_in_snapshot(owner, event_type)?;
                 let table = self
                     .table
                     .get_or_insert_with(|| (0..LOCAL_SLOTS).map(|_| None).collect());
                 table[slot] = Some(seen);
             }
-            if let Some(Some((_, regs))) = self.table.as_ref().map(|t| &t[slot]) {
-                return Ok(regs);
+            if let Some(Some((_, regs, metered))) = self.table.as_ref().map(|t| &t[slot]) {
+                return Ok((regs, metered.as_ref()));
             }
         }
         match &self.first {
-            Some((_, regs)) => Ok(regs),
+            Some((_, regs, metered)) => Ok((regs, metered.as_ref())),
             None => Err(PyRuntimeError::new_err("type cache lost its entry")),
         }
     }
@@ -288,15 +301,66 @@ impl Dispatcher {
     ) -> PyResult<u64> {
         let py = event.py();
         let event_type = event.get_type();
-        let regs = cursor.resolve(self, &event_type)?;
+        let (regs, metered) = cursor.resolve(self, &event_type)?;
         if regs.is_empty() {
             if let Some(on_unhandled) = &config.on_unhandled {
                 unwind::call1(on_unhandled.bind(py), event)?;
             }
             return Ok(0);
         }
+        match metered {
+            None => {
+                self.call_handlers::<false>(config, regs, None, event, &event_type, index, failures)
+            }
+            Some(metered) => {
+                self.call_metered(config, regs, metered, event, &event_type, index, failures)
+            }
+        }
+    }
+
+    /// `call_handlers` counting into `metered` (kept out of line: the unmetered loop is the
+    /// one inlined into `run`).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn call_metered<'py>(
+        &self,
+        config: &Config,
+        regs: &Resolved,
+        metered: &Metered,
+        event: &Bound<'py, PyAny>,
+        event_type: &Bound<'py, PyType>,
+        index: Option<usize>,
+        failures: &mut Option<Vec<PyErr>>,
+    ) -> PyResult<u64> {
+        self.call_handlers::<true>(
+            config,
+            regs,
+            Some(metered),
+            event,
+            event_type,
+            index,
+            failures,
+        )
+    }
+
+    /// Call the resolved handlers of one event; returns the calls made. `METERED` (with the
+    /// counters of `regs`) counts each call: a separate instantiation, so with metrics off the
+    /// loop has no trace of them.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn call_handlers<'py, const METERED: bool>(
+        &self,
+        config: &Config,
+        regs: &Resolved,
+        metered: Option<&Metered>,
+        event: &Bound<'py, PyAny>,
+        event_type: &Bound<'py, PyType>,
+        index: Option<usize>,
+        failures: &mut Option<Vec<PyErr>>,
+    ) -> PyResult<u64> {
+        let py = event.py();
         let mut calls = 0;
-        for reg in regs.iter() {
+        for (position, reg) in regs.iter().enumerate() {
             let reg_ref = reg;
             let reg = reg_ref.get();
             // `Dispatcher::take` inlined: a strong handler is borrowed, not cloned (measured
@@ -317,20 +381,27 @@ impl Dispatcher {
                 continue;
             }
             calls += 1;
+            let counter = if METERED {
+                metered.and_then(|counters| counters.get(position))
+            } else {
+                None
+            };
+            let start = counter.and_then(|counter| counter.begin());
             let failure = match unwind::call1(handler, event) {
-                Ok(result) if result.is_none() || !is_coroutine(&result) => continue,
+                Ok(result) if result.is_none() || !is_coroutine(&result) => {
+                    if let Some(counter) = counter {
+                        counter.end(start, false);
+                    }
+                    continue;
+                }
                 Ok(coroutine) => reject_coroutine(handler, &coroutine),
                 Err(err) => err,
             };
+            if let Some(counter) = counter {
+                counter.end(start, errors::is_exception(py, &failure));
+            }
             self.handle_failure(
-                py,
-                config,
-                failure,
-                handler,
-                event,
-                &event_type,
-                index,
-                failures,
+                py, config, failure, handler, event, event_type, index, failures,
             )?;
         }
         Ok(calls)
@@ -444,7 +515,8 @@ impl Dispatcher {
     /// `dispatch(event)`: one event, in "immediate" mode without the batch loop's set-up. The
     /// resolved list comes from `hot_slots`; the options are read when they matter (the
     /// on_error policy at a failure, on_unhandled for an unhandled event), as in the pure
-    /// backend. "queue" mode (it owns the per-thread FIFO) and "collect" take the general loop.
+    /// backend. "queue" mode (it owns the per-thread FIFO), "collect" and metrics on take the
+    /// general loop.
     ///
     /// `slow` is set when the call left the hot path (a slot miss, a failure, a `once` claim,
     /// on_unhandled, the general loop): only there may a `Py` value be dropped, which PyO3
@@ -457,7 +529,7 @@ impl Dispatcher {
     ) -> PyResult<u64> {
         let py = event.py();
         let flags = self.flags.load(Ordering::Relaxed);
-        if flags & (QUEUE | COLLECT) != 0 {
+        if flags & (QUEUE | COLLECT | METRICS) != 0 {
             *slow = true;
             return self.run(py, std::iter::once(Ok(event.clone())), false);
         }

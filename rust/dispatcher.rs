@@ -17,6 +17,7 @@ use crate::async_plan::async_driver;
 use crate::awaiting::AsyncDispatch;
 use crate::commands::CommandRegistry;
 use crate::errors::Policy;
+use crate::metrics::Metrics;
 use crate::registry::{Reg, Registration, Registry, Snapshot};
 
 static NEXT_DISPATCHER_ID: AtomicU64 = AtomicU64::new(1);
@@ -32,12 +33,16 @@ pub struct Config {
     pub on_error: Policy,
     pub on_unhandled: Option<Py<PyAny>>,
     pub nested: Nested,
+    /// The `metrics` option as given (whether metrics are on now: `Dispatcher::metrics`).
+    pub metrics: bool,
 }
 
 /// `Dispatcher::flags` bits: what a single `dispatch` must know before its first handler.
 pub(crate) const QUEUE: u8 = 1;
 pub(crate) const COLLECT: u8 = 2;
 pub(crate) const UNHANDLED: u8 = 4;
+/// Set while metrics are on (rust/metrics.rs), not by `Config::flags`.
+pub(crate) const METRICS: u8 = 8;
 
 impl Config {
     /// This configuration as `Dispatcher::flags` bits.
@@ -60,6 +65,7 @@ impl Config {
             on_error: Policy::Raise,
             on_unhandled: None,
             nested: Nested::Immediate,
+            metrics: false,
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct Dispatcher {
     next_seq: AtomicU64,
     /// Command handlers, dependencies and middleware (rust/commands.rs).
     pub(crate) commands: CommandRegistry,
+    /// Per-handler counters, when on (rust/metrics.rs).
+    pub(crate) metrics: Metrics,
 }
 
 /// `priority`, `once` and `weak`, checked with the same messages as the pure backend.
@@ -264,6 +272,7 @@ impl Config {
         on_error: Option<Bound<'_, PyAny>>,
         on_unhandled: Option<Bound<'_, PyAny>>,
         nested: Option<Bound<'_, PyAny>>,
+        metrics: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let on_error = on_error
             .as_ref()
@@ -297,10 +306,23 @@ impl Config {
                 }
             },
         };
+        let metrics = match metrics {
+            None => false,
+            Some(value) => match value.cast::<PyBool>() {
+                Ok(flag) => flag.is_true(),
+                Err(_) => {
+                    return Err(PyTypeError::new_err(format!(
+                        "metrics must be a bool, not {}",
+                        qualname_of_type(&value)?
+                    )))
+                }
+            },
+        };
         Ok(Self {
             on_error,
             on_unhandled,
             nested,
+            metrics,
         })
     }
 }
@@ -312,7 +334,7 @@ impl Dispatcher {
     #[new]
     #[pyo3(
         signature = (*args, **kwargs),
-        text_signature = "(*, on_error='raise', on_unhandled=None, nested='immediate')"
+        text_signature = "(*, on_error='raise', on_unhandled=None, nested='immediate', metrics=False)"
     )]
     fn new(py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         let _ = (args, kwargs);
@@ -326,10 +348,11 @@ impl Dispatcher {
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
             commands: CommandRegistry::default(),
+            metrics: Metrics::default(),
         }
     }
 
-    /// `Dispatcher(*, on_error="raise", on_unhandled=None, nested="immediate")`: (re)set the
+    /// `Dispatcher(*, on_error="raise", on_unhandled=None, nested="immediate", metrics=False)`: (re)set the
     /// options; like the pure backend's `__init__`, this also starts from an empty registry.
     /// (The class's signature is `#[new]`'s text signature: CPython shows no other for a
     /// class whose `__init__` is a slot.)
@@ -338,15 +361,19 @@ impl Dispatcher {
         on_error = None,
         on_unhandled = None,
         nested = None,
+        metrics = None,
     ))]
     fn __init__(
         &self,
         #[pyo3(from_py_with = given)] on_error: Option<Bound<'_, PyAny>>,
         #[pyo3(from_py_with = given)] on_unhandled: Option<Bound<'_, PyAny>>,
         #[pyo3(from_py_with = given)] nested: Option<Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = given)] metrics: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let config = Config::parse(on_error, on_unhandled, nested)?;
-        let flags = config.flags();
+        let config = Config::parse(on_error, on_unhandled, nested, metrics)?;
+        let metrics = config.metrics;
+        let flags = config.flags() | if metrics { METRICS } else { 0 };
+        self.metrics.restart(metrics);
         self.config.store(Arc::new(config));
         self.flags.store(flags, Ordering::Relaxed);
         self.state
@@ -570,11 +597,13 @@ impl Dispatcher {
         visit.call(&config.on_unhandled)?;
         visit.call(&self.hot_slots)?;
         self.commands.traverse(&visit)?;
+        self.metrics.traverse(&visit)?;
         self.state.load().traverse(&visit)
     }
 
     fn __clear__(&self) {
         self.commands.clear_all();
+        self.metrics.restart(false);
         self.config.store(Arc::new(Config::empty()));
         self.flags.store(0, Ordering::Relaxed);
         self.hot_version.store(u64::MAX, Ordering::Relaxed);

@@ -86,6 +86,38 @@ def test_generate_run_fail_and_resume(backend: ModuleType, project: Path) -> Non
     assert seen == file_ids(project / "log.bin")  # each event exactly once, in order
 
 
+def table_rows(text: str, handler: str) -> list[list[str]]:
+    """The cells of the metrics table's rows for `handler` (rich draws them with "│")."""
+    return [
+        [cell.strip() for cell in line.strip("│ ").split("│")]
+        for line in text.splitlines()
+        if handler in line
+    ]
+
+
+def test_run_prints_the_metrics_table_at_the_end(backend: ModuleType, project: Path) -> None:
+    """`--metrics`: a table of each handler's calls and failures, slowest first, printed
+    whether the run succeeded or failed."""
+    env = {"DOMAINBUS_BACKEND": backend.__name__.rsplit(".", 1)[1], "SEEN_FILE": "seen.txt"}
+    assert domainbus("generate", "log.bin", "--count", "300", cwd=project).returncode == 0
+    args = ("run", "handlers:dispatcher", "log.bin", "--batch-size", "64", "--metrics")
+    ok = domainbus(*args, cwd=project, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "handlers, slowest first" in ok.stdout
+    rows = table_rows(ok.stdout, "handlers.record")
+    assert rows and sum(int(row[2].replace(",", "")) for row in rows) == 300
+    assert all(row[3] == "0" for row in rows)  # no failures
+
+    failed = domainbus(*args, cwd=project, env={**env, "FAIL_AT": "100"})
+    assert failed.returncode == 1
+    assert (
+        sum(int(row[3]) for row in table_rows(failed.stdout, "maybe_fail")) == 1
+    )  # the failure is in the table
+
+    plain = domainbus("run", "domainbus.demo:noop_dispatcher", "log.bin", cwd=project)
+    assert "slowest first" not in plain.stdout  # only when asked for
+
+
 def test_jsonl_dead_letters(project: Path) -> None:
     env = {"SEEN_FILE": "seen.txt"}
     assert domainbus("generate", "log.jsonl", "--count", "50", cwd=project).returncode == 0

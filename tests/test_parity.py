@@ -1,10 +1,11 @@
 """Parity: random programs run on both backends side by side must behave identically.
 
 A Hypothesis state machine registers, unregisters, dispatches (single and batch, synchronous and
-async, sequential and concurrent), clears, drops weakly held handlers and inspects
-`handlers_for`, on a pure and a Rust dispatcher built with the same random options. Handlers log,
-raise, dispatch nested events, (un)register other handlers, and some are `async def` (awaited by
-async dispatch, a TypeError in sync dispatch). After every step the call logs, return values and
+async, sequential and concurrent), clears, drops weakly held handlers, switches metrics on and
+off, and inspects `handlers_for` and the metrics' calls and failures, on a pure and a Rust
+dispatcher built with the same random options. Handlers log, raise, dispatch nested events,
+(un)register other handlers, and some are `async def` (awaited by async dispatch, a TypeError in
+sync dispatch). After every step the call logs, return values and
 exceptions (type, message, notes, and the members of exception groups) must be equal.
 
 Odd cases are generated too (issue 10): handlers that are callable objects whose `__eq__`
@@ -272,6 +273,7 @@ class ParityMachine(RuleBasedStateMachine):
         nested=st.sampled_from(["immediate", "queue"]),
         on_error=st.sampled_from(["raise", "collect", "callback", "equals_all"]),
         unhandled=st.booleans(),
+        metrics=st.booleans(),
         initial=st.lists(
             st.tuples(st.sampled_from(CLASSES), st.integers(0, POOL_SIZE - 1), st.integers(-2, 2)),
             min_size=3,
@@ -279,9 +281,14 @@ class ParityMachine(RuleBasedStateMachine):
         ),
     )
     def build(
-        self, nested: str, on_error: str, unhandled: bool, initial: list[tuple[type, int, int]]
+        self,
+        nested: str,
+        on_error: str,
+        unhandled: bool,
+        metrics: bool,
+        initial: list[tuple[type, int, int]],
     ) -> None:
-        options: dict[str, Any] = {"nested": nested, "unhandled": unhandled}
+        options: dict[str, Any] = {"nested": nested, "unhandled": unhandled, "metrics": metrics}
         if on_error == "callback":
             options["callback"] = True
         elif on_error == "equals_all":
@@ -358,6 +365,19 @@ class ParityMachine(RuleBasedStateMachine):
     @rule()
     def clear(self) -> None:
         self.both(lambda b: b.d.clear())
+
+    @rule(action=st.sampled_from(["enable_metrics", "disable_metrics", "reset_metrics"]))
+    def switch_metrics(self, action: str) -> None:
+        self.both(lambda b: (getattr(b.d, action)(), b.d.metrics_enabled))
+
+    @invariant()
+    def same_metrics(self) -> None:
+        """Rule 16: the same calls and failures per row (times differ, they are not compared)."""
+        self.both(
+            lambda b: sorted(
+                (r["event_type"], r["handler"], r["calls"], r["failures"]) for r in b.d.metrics()
+            )
+        )
 
     @invariant()
     def same_handlers(self) -> None:

@@ -145,3 +145,38 @@ def test_trace_without_opentelemetry_is_a_usage_error() -> None:
     )
     assert out.returncode == 2, out.stderr
     assert "pip install 'domainbus[otel]'" in out.stderr
+
+
+def test_worker_prints_the_metrics_table_at_the_end(redis_server: Any, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    path = tmp_path / "events.msgpack"
+    assert main(["generate", str(path), "--count", "600", "--types", "2"]) == 0
+    url = redis_server.url
+    assert main(["publish", str(path), "--redis", url, "--stream", "m", "--partitions", "2"]) == 0
+    args = [
+        PYTHON_EXE, "-m", "domainbus", "worker", "domainbus.demo:noop_dispatcher",
+        "--codec", "domainbus.demo:codec", "--redis", url, "--stream", "m", "--group", "g",
+        "--report-every", "0.2", "--metrics",
+    ]  # fmt: skip
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(args, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while " 600 events (" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0, log.read_text()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    text = log.read_text()
+    assert "stopped after 600 events" in text, text
+    assert "handlers, slowest first" in text
+    cells = [
+        [cell.strip() for cell in line.strip("│ ").split("│")]
+        for line in text.splitlines()
+        if "domainbus.demo." in line
+    ]
+    assert sum(int(row[2].replace(",", "")) for row in cells) == 3 * 600  # 3 handlers an event

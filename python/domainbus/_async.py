@@ -21,6 +21,9 @@ someone else already claimed. This module only adds awaiting, so the rules are t
 - an awaitable returned by `on_unhandled` or by an `on_error` callback is awaited too;
 - cancelling the awaiting task propagates CancelledError at the handler being awaited; the
   handlers after it are not called, and no coroutine is left un-awaited;
+- with metrics on (rule 16 of the dispatcher), each handler call is timed from the call until
+  its awaitable is done (with `concurrent=True`: until its task is done) and given to the
+  dispatcher's `_record` (no sampling: awaiting costs far more than reading the clock);
 - re-entering the coroutine while it runs (a handler sending into the dispatch that called
   it) raises ValueError("coroutine already executing"), as for any coroutine.
 """
@@ -31,6 +34,7 @@ import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
 from domainbus._notes import failure_note, set_batch_index
@@ -50,6 +54,9 @@ class _AsyncCapable(Protocol):
     def on_unhandled(self) -> Any: ...
     @property
     def nested(self) -> str: ...
+    @property
+    def metrics_enabled(self) -> bool: ...
+    def _record(self, event_type: type, handler: Any, elapsed: int, failed: bool) -> None: ...
     def _plan(self, event_type: type) -> tuple[Any, ...]: ...
     def _take(self, registration: Any) -> Any: ...
 
@@ -206,47 +213,79 @@ class _Run:
             if hook is not None:
                 await _maybe_await(hook(event))
             return
+        metered = self.d.metrics_enabled
         if self.concurrent:
-            await self._concurrently(event, event_type, index, plan)
+            await self._concurrently(event, event_type, index, plan, metered)
             return
         for registration in plan:
             handler = self.d._take(registration)
             if handler is None:
                 continue
             self.calls += 1
+            start = perf_counter_ns() if metered else 0
             try:
                 await _maybe_await(handler(event))
             except Exception as exc:
+                if metered:
+                    self.d._record(event_type, handler, perf_counter_ns() - start, True)
                 await self.fail(exc, event, handler, event_type, index)
+            except BaseException:
+                if metered:
+                    self.d._record(event_type, handler, perf_counter_ns() - start, False)
+                raise
+            else:
+                if metered:
+                    self.d._record(event_type, handler, perf_counter_ns() - start, False)
 
     async def _concurrently(
-        self, event: object, event_type: type, index: int | None, plan: tuple[Any, ...]
+        self,
+        event: object,
+        event_type: type,
+        index: int | None,
+        plan: tuple[Any, ...],
+        metered: bool,
     ) -> None:
         import asyncio  # already loaded: this runs inside an event loop
 
         pending: list[tuple[Any, Awaitable[object]]] = []
+        starts: list[int] = []  # when each pending handler was called (metrics on)
         try:
             for registration in plan:
                 handler = self.d._take(registration)
                 if handler is None:
                     continue
                 self.calls += 1
+                start = perf_counter_ns() if metered else 0
                 try:
                     result = handler(event)
                 except Exception as exc:
+                    if metered:
+                        self.d._record(event_type, handler, perf_counter_ns() - start, True)
                     await self.fail(exc, event, handler, event_type, index)
                     continue
+                except BaseException:
+                    if metered:
+                        self.d._record(event_type, handler, perf_counter_ns() - start, False)
+                    raise
                 if inspect.isawaitable(result):
                     pending.append((handler, result))
+                    starts.append(start)
+                elif metered:
+                    self.d._record(event_type, handler, perf_counter_ns() - start, False)
         except BaseException:
-            for _, awaitable in pending:
+            for (handler, awaitable), start in zip(pending, starts, strict=True):
                 _discard(awaitable)
+                if metered:
+                    self.d._record(event_type, handler, perf_counter_ns() - start, False)
             raise
         if not pending:
             return
         tasks: list[asyncio.Future[object]] = [
             asyncio.ensure_future(_as_awaited(a)) for _, a in pending
         ]
+        if metered:
+            for task, (handler, _), start in zip(tasks, pending, starts, strict=True):
+                task.add_done_callback(self._recorder(event_type, handler, start))
         if self.raising:
             await self._first_failure_cancels(tasks, pending, event, event_type, index)
             return
@@ -256,6 +295,16 @@ class _Run:
                 if not isinstance(result, Exception):
                     raise result
                 await self.fail_handling(result, event, handler, event_type, index)
+
+    def _recorder(self, event_type: type, handler: Any, start: int) -> Any:
+        """A task's done callback counting its handler's call (run before the callbacks
+        `gather` adds later, so before the event is done)."""
+
+        def done(task: asyncio.Future[object]) -> None:
+            failed = not task.cancelled() and isinstance(task.exception(), Exception)
+            self.d._record(event_type, handler, perf_counter_ns() - start, failed)
+
+        return done
 
     async def _first_failure_cancels(
         self,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from types import FunctionType
 from typing import Any, Protocol
 
-from domainbus._async import _FRAMES, Frame, _active_frame, _Run, drained
+from domainbus._async import _FRAMES, Frame, _active_frame, _AsyncCapable, _Run, drained
 from domainbus._notes import describe_handler
 from domainbus.errors import UnknownCommand
 
@@ -327,15 +327,7 @@ def unknown_command(
 # -- async ------------------------------------------------------------------------------------
 
 
-class _CommandCapable(Protocol):
-    @property
-    def on_error(self) -> Any: ...
-    @property
-    def on_unhandled(self) -> Any: ...
-    @property
-    def nested(self) -> str: ...
-    def _plan(self, event_type: type) -> tuple[Any, ...]: ...
-    def _take(self, registration: Any) -> Any: ...
+class _CommandCapable(_AsyncCapable, Protocol):
     def _command_route(self, command: object) -> tuple[Callable[..., Any], Any]: ...
 
 

@@ -2,7 +2,7 @@
 
     domainbus generate OUT --count N [--types K] [--format msgpack|jsonl]
     domainbus run MODULE:DISPATCHER FILE [--format F] [--batch-size N] [--start-at N]
-                  [--dead-letter PATH] [--codec MODULE:CODEC]
+                  [--dead-letter PATH] [--codec MODULE:CODEC] [--metrics]
     domainbus info | demo | bench ... | --version
 
 Exit status: 0 success, 1 a handler failed or a record could not be decoded (the message says
@@ -33,6 +33,7 @@ from domainbus.codec.frames import count_frame_events
 from domainbus.codec.streams import JSONL_SUFFIXES, MSGPACK_SUFFIXES, Batch
 from domainbus.delivery import batch_index, failed_indexes
 from domainbus.events import DomainEvent
+from domainbus.metrics_report import enable_metrics, print_metrics
 from domainbus.progress import progress
 from domainbus.redis.cli import add_commands as add_redis_commands
 
@@ -219,6 +220,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.start_at < 0:
         raise UsageError("--batch-size must be >= 1 and --start-at >= 0")
     module, dispatcher = load_dispatcher(args.target)
+    if not args.metrics:
+        return _replay(args, module, dispatcher)
+    try:
+        enable_metrics(dispatcher, args.target)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _replay(args, module, dispatcher)
+    finally:  # however the run ended: what the handlers did until then
+        print_metrics(dispatcher)
+
+
+def _replay(args: argparse.Namespace, module: Any, dispatcher: Any) -> int:
     codec = load_codec(args.codec, module)
     dead_letter = DeadLetterFile(args.dead_letter) if args.dead_letter else None
     reader = codec.iter_indexed_batches(
@@ -430,6 +444,11 @@ def add_run(commands: Commands) -> None:
         metavar="MODULE:CODEC",
         help="the EventCodec to decode with (default: MODULE's `codec`, else all loaded events; "
         "domainbus.demo:codec for `domainbus generate` output)",
+    )
+    run.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count each handler's calls, failures and time; print the table at the end",
     )
     run.set_defaults(handler=cmd_run)
 

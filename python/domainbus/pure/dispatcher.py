@@ -55,6 +55,13 @@ module to learn what a dispatcher does; the numbered rules below are the README'
     it waits for the GIL (the Rust backend parks it there, as CPython 3.14 does); the process
     exits normally.
 15. Sub-interpreters get this backend (the Rust extension refuses to import there).
+16. Metrics are opt-in (`metrics=True`, or `enable_metrics()`): then every handler call, on
+    every dispatch path (`dispatch`, `dispatch_batch`, the async ones, a BatchQueue's
+    consumer), is counted per (the event's class, the handler) by the dispatcher itself (in
+    the Rust core on that backend): calls, failures and time. `metrics()` returns a snapshot
+    as plain data (a list of dicts, slowest first), `reset_metrics()` empties the table, and
+    metrics off cost nothing. Switching on or off and resetting take effect from the next
+    event on. What is counted and timed, and how: `domainbus.pure.metrics`.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ from domainbus._async import AfterDrain, dispatch_async, drained
 from domainbus._notes import describe_handler, failure_note, set_batch_index
 from domainbus.pure._docs import with_rules
 from domainbus.pure.commands import Commands
+from domainbus.pure.metrics import MetricsTable, Row
 
 __all__ = ["Dispatcher"]
 
@@ -117,13 +125,15 @@ class _State:
     it holds its class, so while the entry lives no other class can have that id (no identity
     check is needed on lookup). `direct` is the fast path of `dispatch`: the handlers as a
     tuple of plain callables when none of the registrations is `once` or `weak` (nothing to
-    claim or dereference per call), else None; `()` when there are none.
+    claim or dereference per call) and metrics are off (`metered`), else None; `()` when
+    there are none.
     """
 
-    __slots__ = ("cache", "registry")
+    __slots__ = ("cache", "metered", "registry")
 
-    def __init__(self, registry: _Registry) -> None:
+    def __init__(self, registry: _Registry, metered: bool = False) -> None:
         self.registry = registry
+        self.metered = metered
         self.cache: dict[int, _Entry] = {}
 
     def resolve(self, event_type: type) -> tuple[_Registration, ...]:
@@ -137,7 +147,7 @@ class _State:
         found = [r for klass in _mro_of(event_type) for r in registry.get(id(klass), ())]
         found.sort(key=lambda r: (-r.priority, r.seq))
         regs = tuple(found)
-        plain = not any(r.once or r.weak for r in regs)
+        plain = not self.metered and not any(r.once or r.weak for r in regs)
         entry = (event_type, regs, tuple(r.target for r in regs) if plain else None)
         if len(self.cache) >= _CACHE_LIMIT:
             self.cache = {}
@@ -190,6 +200,9 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
     at once, depth-first. "queue": it is appended to a per-thread FIFO that the outermost call
     drains after each of its events, breadth-first; the inner call returns 0 and the outermost
     call's return value counts every handler call it caused.
+
+    `metrics`: count every handler call per (event class, handler) from the start (rule 16;
+    `enable_metrics()` does it later).
     """
 
     def __init__(
@@ -198,6 +211,7 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         on_error: OnError = "raise",
         on_unhandled: Callable[[Any], object] | None = None,
         nested: Literal["immediate", "queue"] = "immediate",
+        metrics: bool = False,
     ) -> None:
         if not (
             on_error in ("raise", "collect") if isinstance(on_error, str) else callable(on_error)
@@ -209,6 +223,8 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             )
         if nested not in ("immediate", "queue"):
             raise ValueError(f"nested must be 'immediate' or 'queue', not {nested!r}")
+        if not isinstance(metrics, bool):
+            raise TypeError(f"metrics must be a bool, not {type(metrics).__qualname__}")
         self._on_error = on_error
         self._collect = isinstance(on_error, str) and on_error == "collect"
         self._raise = isinstance(on_error, str) and on_error == "raise"
@@ -217,7 +233,9 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
         self._queueing = nested == "queue"
         self._lock = threading.RLock()  # re-entrant: a weakref callback may fire while held
         self._next_seq = 0
-        self._state = _State({})
+        self._metrics = MetricsTable()
+        self._meter: MetricsTable | None = self._metrics if metrics else None  # None: off
+        self._state = _State({}, metered=metrics)
         self._local = threading.local()  # .fifo: the FIFO of the outermost "queue" call
 
     @property
@@ -231,6 +249,43 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
     @property
     def nested(self) -> str:
         return self._nested
+
+    # -- metrics (rule 16; domainbus.pure.metrics) ------------------------------------------
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self._meter is not None
+
+    def enable_metrics(self) -> None:
+        """Count every handler call from the next event on (the table is kept)."""
+        with self._lock:
+            self._meter = self._metrics
+            self._publish(self._state.registry)
+
+    def disable_metrics(self) -> None:
+        """Stop counting from the next event on; `metrics()` still reports what was counted."""
+        with self._lock:
+            self._meter = None
+            self._publish(self._state.registry)
+
+    def reset_metrics(self) -> None:
+        """Forget every row counted so far (and the classes they hold)."""
+        with self._lock:
+            self._metrics = MetricsTable()
+            if self._meter is not None:
+                self._meter = self._metrics
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Per (event type, handler) called since the last reset: a dict of `event_type`
+        (qualname), `handler` (module.qualname), `calls`, `failures`, `timed_calls` and
+        `total_ns` (estimated from the timed calls), slowest first."""
+        return self._metrics.snapshot()
+
+    def _record(self, event_type: type, handler: object, elapsed: int, failed: bool) -> None:
+        """Count one call timed by its caller (the general async path)."""
+        meter = self._meter
+        if meter is not None:
+            meter.row(event_type, handler).record(elapsed, failed)
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -321,7 +376,7 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             self._clear_commands()
 
     def _publish(self, registry: _Registry) -> None:
-        self._state = _State(registry)
+        self._state = _State(registry, metered=self._meter is not None)
 
     def _remove(self, reg: _Registration) -> bool:
         """Unregister `reg`; False when it was not registered (any more)."""
@@ -518,23 +573,38 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
             if self._on_unhandled is not None:
                 self._on_unhandled(event)
             return 0
+        meter = self._meter
+        rows = None if meter is None else meter.rows(event_type, regs, _Registration.live_handler)
+        row: Row | None = None
         calls = 0
-        for reg in regs:
+        for position, reg in enumerate(regs):
             handler = self._take(reg)
             if handler is None:
                 continue
             calls += 1
+            if rows is not None:
+                row = rows[position]
+            start = None if row is None else row.begin()
             try:
                 result = handler(event)
                 if result is not None and type(result) is CoroutineType:
                     _refuse_coroutine(handler, result)
             except Exception as exc:
+                if row is not None:
+                    row.end(start, failed=True)
                 exc.add_note(failure_note(handler, event_type, index))
                 if index is not None:
                     set_batch_index(exc, index)
                 if self._raise:
                     raise
                 failures = self._absorb(exc, event, handler, failures)
+            except BaseException:
+                if row is not None:
+                    row.end(start, failed=False)
+                raise
+            else:
+                if row is not None:
+                    row.end(start, failed=False)
         return calls
 
     def _absorb(

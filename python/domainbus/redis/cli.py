@@ -56,6 +56,9 @@ def add_commands(commands: Any) -> None:
         help="a span per batch through domainbus.observe, continuing the publisher's trace "
         "(needs domainbus[otel]; spans go to the global tracer provider)",
     )
+    work.add_argument(
+        "--metrics", action="store_true", help="print each handler's calls and time at the end"
+    )
     work.set_defaults(handler=cmd_worker)
 
     dead = commands.add_parser("dead-letters", help="list or requeue a stream's dead letters")
@@ -140,6 +143,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     instrument = _instrument() if args.trace else None  # before importing the user's module
     module, dispatcher = load_dispatcher(args.target)
     codec = _codec(args.codec, module)
+    if args.metrics:
+        from domainbus.metrics_report import enable_metrics
+
+        try:
+            enable_metrics(dispatcher, args.target)
+        except ValueError as exc:
+            raise _usage_error(str(exc)) from None
     if instrument is not None:
         dispatcher = instrument(dispatcher)
 
@@ -179,6 +189,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         f"({stats.dead_letters:,} dead letters) in {elapsed:.1f} s",
         flush=True,
     )
+    if args.metrics:
+        from domainbus.metrics_report import print_metrics
+
+        print_metrics(dispatcher)
     return 0
 
 
