@@ -32,6 +32,9 @@ RUST_ONLY = {
     "no OS randomness: {}",
     "the nested dispatch queue is gone",
     "type cache lost its entry",
+    # internal to domainbus.redis.partitions: its own key_bytes and checked partition count
+    "key_bytes must return bytes",
+    "partitions must be >= 1",
 }
 
 
