@@ -28,7 +28,6 @@ RUST_ONLY = {
     "object {} can't be used in 'await' expression",
     # internal: a panic caught at the FFI boundary, broken invariants, the OS
     "domainbus: dispatch panicked",
-    "domainbus: execute panicked",
     "no OS randomness: {}",
     "the nested dispatch queue is gone",
     "type cache lost its entry",
