@@ -172,3 +172,25 @@ def test_a_bad_row_in_a_page_read_at_once_is_named_and_old_rows_upcast(tmp_path:
         assert (caught.value.stream_id, caught.value.version) == ("p", 5)
         assert caught.value.position == position
     store.close()
+
+
+def test_read_all_and_a_catch_up_send_one_statement_per_page(tmp_path: Path) -> None:
+    from domainbus.eventstore import ProjectionRunner
+    from eventstore_support import Ledger
+
+    store = SqliteEventStore(tmp_path / "events.db", CODEC)
+    store.append("s", deposits(25, "s"), expected_version=0)
+    statements: list[str] = []  # each statement up to its WHERE (the trace has the values)
+    store.connection.set_trace_callback(lambda sql: statements.append(sql.split(" WHERE ")[0]))
+    page_stored, page_events, page_meta = (
+        sql.split(" WHERE ")[0]
+        for sql in (sqlite_store.PAGE_STORED, sqlite_store.PAGE_EVENTS, sqlite_store.PAGE_META)
+    )
+    assert len(list(store.read_all())) == 25
+    assert statements == [page_stored]  # no second query for the page's details
+    statements.clear()
+    projection = Ledger(store.connection)
+    ProjectionRunner(store, projection, page_size=10).catch_up()
+    assert statements.count(page_events) == 3
+    assert page_meta not in statements  # tracing is off: no traceparents read
+    store.close()

@@ -111,7 +111,7 @@ SELECT_ALL_META = (
     "WHERE position > ? ORDER BY position LIMIT ?"
 )
 _PAGE = (
-    "(SELECT position, stream_id, version, payload, traceparent FROM domainbus_events "
+    "(SELECT position, stream_id, version, payload FROM domainbus_events "
     "WHERE position > ? ORDER BY position LIMIT ?)"
 )
 _JOINED = "count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(position)"
@@ -120,7 +120,8 @@ PAGE_EVENTS = f"SELECT {_JOINED} FROM {_PAGE}"  # a page at once (see the module
 PAGE_STORED = f"SELECT {_JOINED}, {_META} FROM {_PAGE}"
 PAGE_META = (
     f"SELECT count(*), json_group_array(position), {_META}, json_group_array(traceparent) "
-    f"FROM {_PAGE}"
+    "FROM (SELECT position, stream_id, version, traceparent FROM domainbus_events "
+    "WHERE position > ? ORDER BY position LIMIT ?)"
 )
 STREAM_PAGE = (
     "SELECT count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(version) "

@@ -79,29 +79,33 @@ class Page:
         self._stream_ids, self._versions, self._traceparents = stream_ids, versions, traceparents
         self._load = load
 
-    def _loaded(self) -> Meta:
-        if self._stream_ids is None or self._versions is None or self._traceparents is None:
-            if self._load is None:
-                raise ValueError("a page without its stream ids, versions or traceparents")
-            stream_ids, versions, traceparents = self._load()
-            self._load = None
-            if self._stream_ids is None or self._versions is None:
-                self._stream_ids, self._versions = stream_ids, versions
-            if self._traceparents is None:
-                self._traceparents = traceparents
-        return self._stream_ids, self._versions, self._traceparents
+    def _load_missing(self) -> None:
+        if self._load is None:
+            raise ValueError("a page without its stream ids, versions or traceparents")
+        stream_ids, versions, traceparents = self._load()
+        self._load = None
+        if self._stream_ids is None or self._versions is None:
+            self._stream_ids, self._versions = stream_ids, versions
+        if self._traceparents is None:
+            self._traceparents = traceparents
 
     @property
     def stream_ids(self) -> list[str]:
-        return self._loaded()[0]
+        if self._stream_ids is None:
+            self._load_missing()
+        return self._stream_ids  # type: ignore[return-value]
 
     @property
     def versions(self) -> list[int]:
-        return self._loaded()[1]
+        if self._versions is None:
+            self._load_missing()
+        return self._versions  # type: ignore[return-value]
 
     @property
     def traceparents(self) -> list[str | None]:
-        return self._loaded()[2]
+        if self._traceparents is None:
+            self._load_missing()
+        return self._traceparents  # type: ignore[return-value]
 
     @property
     def last_position(self) -> int:
