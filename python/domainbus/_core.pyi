@@ -56,6 +56,7 @@ class Dispatcher:
         on_error: Literal["raise", "collect"] | _ErrorCallback = "raise",
         on_unhandled: Callable[[Any], object] | None = None,
         nested: Literal["immediate", "queue"] = "immediate",
+        metrics: bool = False,
     ) -> None: ...
     @property
     def on_error(self) -> Literal["raise", "collect"] | _ErrorCallback: ...
