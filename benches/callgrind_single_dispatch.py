@@ -2,7 +2,7 @@
 
 Workloads: "fast", 10 event classes whose `hot_slots` slots all differ (every lookup hits a
 class's own slot); "collide", two classes whose slots are the same (the second takes the next
-slot: rust/dispatch.rs `HOT_PROBES`). One no-op handler each. Run, with the interpreter's real
+slot: rust/dispatch_loop.rs `HOT_PROBES`). One no-op handler each. Run, with the interpreter's real
 binary (not a pyenv shim), and divide "Collected" by N + 100:
 
     PYTHONPATH=$PWD/python valgrind --tool=callgrind --collect-atstart=no \\
@@ -18,7 +18,7 @@ from domainbus import rust
 
 
 def slot(cls: type) -> int:
-    """The class's own slot (rust/dispatch.rs `hot_slot`, 256 slots)."""
+    """The class's own slot (rust/dispatch_loop.rs `hot_slot`, 256 slots)."""
     return (((id(cls) >> 4) * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> 56
 
 

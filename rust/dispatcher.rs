@@ -13,8 +13,8 @@ use pyo3::types::{
 };
 use pyo3::{intern, PyTraverseError};
 
+use crate::async_fast_path::AsyncDispatch;
 use crate::async_plan::async_driver;
-use crate::awaiting::AsyncDispatch;
 use crate::commands::CommandRegistry;
 use crate::errors::Policy;
 use crate::metrics::Metrics;
@@ -343,7 +343,7 @@ impl Dispatcher {
             config: ArcSwap::from_pointee(Config::empty()),
             flags: AtomicU8::new(0),
             state: ArcSwap::from_pointee(Snapshot::new(Registry::default())),
-            hot_slots: crate::dispatch::empty_slots(py),
+            hot_slots: crate::dispatch_loop::empty_slots(py),
             hot_version: AtomicU64::new(u64::MAX),
             version: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
@@ -609,7 +609,7 @@ impl Dispatcher {
         self.hot_version.store(u64::MAX, Ordering::Relaxed);
         // SAFETY: the GC calls __clear__ with the GIL held.
         let py = unsafe { Python::assume_attached() };
-        crate::dispatch::clear_slots(self.hot_slots.bind(py));
+        crate::dispatch_loop::clear_slots(self.hot_slots.bind(py));
         self.state
             .store(Arc::new(Snapshot::new(Registry::default())));
         self.version.fetch_add(1, Ordering::Release);

@@ -3,10 +3,10 @@
 //! - `registry`: immutable registry snapshots and the MRO resolution cache (the routing table);
 //! - `dispatcher`: the `Dispatcher` class and its registry API;
 //! - `commands`: `execute` and the command table, dependencies and middleware;
-//! - `dispatch`: the dispatch loop (batches, nested modes, error policies);
+//! - `dispatch_loop`: the dispatch loop (batches, nested modes, error policies);
 //! - `nested`: per-thread FIFOs of `nested="queue"` dispatchers;
 //! - `errors`: error notes and the ExceptionGroup of "collect";
-//! - `awaiting`: the hand-written coroutine of sequential `dispatch_async` (the fast path);
+//! - `async_fast_path`: the hand-written coroutine of sequential `dispatch_async` (the fast path);
 //! - `async_plan`: the plan/take primitives of the general async path (`domainbus._async`);
 //! - `ids`: UUIDv7 event ids and UTC timestamps;
 //! - `partitions`: a batch of events split by the partition of their key (`domainbus.redis`);
@@ -15,10 +15,10 @@
 
 use pyo3::prelude::*;
 
+mod async_fast_path;
 mod async_plan;
-mod awaiting;
 mod commands;
-mod dispatch;
+mod dispatch_loop;
 mod dispatcher;
 mod errors;
 mod handled;
@@ -47,10 +47,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_class::<dispatcher::Dispatcher>()?;
     commands::install_execute(m.py())?; // Dispatcher.execute as a METH_O method
-    dispatch::install_dispatch(m.py())?; // Dispatcher.dispatch as a fastcall method
+    dispatch_loop::install_dispatch(m.py())?; // Dispatcher.dispatch as a fastcall method
     m.add_class::<dispatcher::HandlerDecorator>()?;
     m.add_class::<registry::Registration>()?;
-    m.add_class::<awaiting::AsyncDispatch>()?;
+    m.add_class::<async_fast_path::AsyncDispatch>()?;
     m.add_class::<queue::BatchQueue>()?;
     m.add_function(wrap_pyfunction!(ids::new_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(ids::utc_now, m)?)?;

@@ -1,7 +1,7 @@
 """Single `dispatch` with many event classes (rules 1-3): right handlers, whatever the cache.
 
 The Rust backend keeps the resolved lists of `dispatch` in a small table keyed by the class's
-address (rust/dispatch.rs `hot_slots`, 256 slots, a few probed per class); with 2,000 classes
+address (rust/dispatch_loop.rs `hot_slots`, 256 slots, a few probed per class); with 2,000 classes
 many collide. A slot holds a weak reference to its class, so a class collected meanwhile, and
 another class later allocated at its address, never gets the old class's handlers. The pure
 backend's cache is keyed by `id(class)` and holds its class; both must give the same results.

@@ -21,7 +21,7 @@ RUST_ONLY = {
     "dispatch() got multiple values for argument 'event'",
     "dispatch() missing 1 required positional argument: 'event'",
     "dispatch() takes 1 positional argument but {} were given",
-    # CPython's await protocol errors (rust/awaiting.rs is a hand-written coroutine)
+    # CPython's await protocol errors (rust/async_fast_path.rs is a hand-written coroutine)
     "__await__() returned a coroutine",
     "__await__() returned non-iterator of type '{}'",
     "cannot reuse already awaited coroutine",
