@@ -194,3 +194,28 @@ def test_read_all_and_a_catch_up_send_one_statement_per_page(tmp_path: Path) -> 
     assert statements.count(page_events) == 3
     assert page_meta not in statements  # tracing is off: no traceparents read
     store.close()
+
+
+def test_gaps_in_the_positions_do_not_end_a_read(tmp_path: Path) -> None:
+    """Rows deleted by hand leave gaps (one wider than a page): every remaining row is read."""
+    from domainbus.eventstore import ProjectionRunner
+    from eventstore_support import Ledger
+
+    store = SqliteEventStore(tmp_path / "events.db", CODEC)
+    for n in range(6):
+        store.append(f"s{n}", deposits(10, f"s{n}"), expected_version=0)
+    store.connection.execute(
+        "DELETE FROM domainbus_events WHERE position IN (3, 4, 10) OR position BETWEEN 15 AND 40"
+    )
+    left = [row[0] for row in store.connection.execute(
+        "SELECT position FROM domainbus_events ORDER BY position")]  # fmt: skip
+    assert [s.position for s in store.read_all()] == left
+    assert [s.position for s in store.read_all(after=3, limit=9)] == left[2:11]
+    for size in (1, 4, 10, 100):
+        pages = list(store.read_pages(page_size=size))
+        assert [p for page in pages for p in page.positions] == left
+        assert all(len(page.events) <= size for page in pages)
+        assert [v for page in pages for v in page.versions] == [s.version for s in store.read_all()]
+    runner = ProjectionRunner(store, Ledger(store.connection), page_size=7)
+    assert runner.catch_up() == len(left)
+    store.close()

@@ -110,23 +110,29 @@ SELECT_ALL_META = (
     "SELECT position, stream_id, version, traceparent FROM domainbus_events "
     "WHERE position > ? ORDER BY position LIMIT ?"
 )
-_PAGE = (
-    "(SELECT position, stream_id, version, payload FROM domainbus_events "
-    "WHERE position > ? ORDER BY position LIMIT ?)"
+# A page at once (see the module): the rows from the first position after ?1 to that plus
+# ?2 - 1 (positions are rowids, so at most ?2 rows, and the next ones), aggregated straight from
+# the table (a LIMIT subquery would copy every row once more), and the last position of all (a
+# short page is the end only when it holds that one; else it stopped at a gap).
+_RANGE = (
+    "FROM domainbus_events WHERE position > ?1 AND position < "
+    "(SELECT min(position) FROM domainbus_events WHERE position > ?1) + ?2"
 )
-_JOINED = "count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(position)"
+_JOINED = (
+    "count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(position), "
+    "(SELECT max(position) FROM domainbus_events)"
+)
 _META = "json_group_array(stream_id), json_group_array(version)"
-PAGE_EVENTS = f"SELECT {_JOINED} FROM {_PAGE}"  # a page at once (see the module)
-PAGE_STORED = f"SELECT {_JOINED}, {_META} FROM {_PAGE}"
+PAGE_EVENTS = f"SELECT {_JOINED} {_RANGE}"
+PAGE_STORED = f"SELECT {_JOINED}, {_META} {_RANGE}"
 PAGE_META = (
     f"SELECT count(*), json_group_array(position), {_META}, json_group_array(traceparent) "
     "FROM (SELECT position, stream_id, version, traceparent FROM domainbus_events "
     "WHERE position > ? ORDER BY position LIMIT ?)"
 )
-STREAM_PAGE = (
+STREAM_PAGE = (  # versions ?2 to ?3 (a page's worth: a stream's versions have no gaps)
     "SELECT count(*), CAST(group_concat(payload, x'') AS BLOB), json_group_array(version) "
-    "FROM (SELECT version, payload FROM domainbus_events WHERE stream_id = ? AND version >= ? "
-    "AND version <= ? ORDER BY version LIMIT ?)"
+    "FROM domainbus_events WHERE stream_id = ?1 AND version >= ?2 AND version <= ?3"
 )
 COUNT_AFTER = "SELECT count(*) FROM domainbus_events WHERE position > ?"
 SAVE_SNAPSHOT = "INSERT OR REPLACE INTO domainbus_snapshots VALUES (?, ?, ?, ?, ?)"
@@ -135,6 +141,7 @@ LOAD_SNAPSHOT = (
     "WHERE stream_id = ? AND version <= ? ORDER BY version DESC LIMIT 1"
 )
 _NO_LIMIT = 2**62
+_NONE: tuple[None, bool] = (None, False)
 
 
 def configure(connection: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:
@@ -345,8 +352,9 @@ class SqliteEventStore:
         """Up to `size` events of the stream from `version`: at once, else row by row."""
         params = (stream_id, version, last, size)
         if self._joins:
+            bounds = (stream_id, version, min(last, version + size - 1))
             try:
-                count, joined, versions = cursor.execute(STREAM_PAGE, params).fetchone()
+                count, joined, versions = cursor.execute(STREAM_PAGE, bounds).fetchone()
             except sqlite3.DataError:  # longer than SQLite's length limit
                 count = -1
             if count == 0:
@@ -374,43 +382,47 @@ class SqliteEventStore:
         left = _NO_LIMIT if limit is None else limit
         while left > 0:
             size = min(page_size, left)
-            page = self._joined_page(cursor, after, size, stored) if self._joins else None
+            page, more = self._joined_page(cursor, after, size, stored) if self._joins else _NONE
             if page is None:
                 page = self._row_page(cursor, after, size)
+                more = len(page.events) == size
             if not page.events:
                 return
             yield page
-            if len(page.events) < size:
+            if not more:
                 return
             after, left = page.last_position, left - len(page.events)
 
     def _joined_page(
         self, cursor: sqlite3.Cursor, after: int, size: int, stored: bool
-    ) -> Page | None:
-        """The page after `after` read at once (see the module), or None: read it by rows.
-        `stored`: with its stream ids and versions, else those are read if asked for."""
+    ) -> tuple[Page | None, bool]:
+        """The page after `after` read at once (see the module), and whether more follow; or
+        (None, _): read it by rows. `stored`: with its stream ids and versions, else those
+        are read if asked for."""
         try:
             row = cursor.execute(PAGE_STORED if stored else PAGE_EVENTS, (after, size)).fetchone()
         except sqlite3.DataError:  # longer than SQLite's length limit
-            return None
+            return _NONE
         count = row[0]
         if not count:
-            return Page([], [], [], [])
+            return Page([], [], [], []), False
         try:
             positions = _INTS.decode(row[2])
             if not ascending(positions, count):
-                return None
+                return _NONE
             events = decode_joined(self.codec, count, row[1])
             if events is None:
-                return None
+                return _NONE
+            more = positions[-1] < row[3]
+            load = partial(self._meta, after, positions)
             if not stored:
-                return Page(positions, None, None, events, partial(self._meta, after, positions))
-            stream_ids, versions = _STRS.decode(row[3]), _INTS.decode(row[4])
+                return Page(positions, None, None, events, load), more
+            stream_ids, versions = _STRS.decode(row[4]), _INTS.decode(row[5])
         except msgspec.MsgspecError:  # a stream id or version that is not one (set by hand)
-            return None
+            return _NONE
         if len(stream_ids) != count or len(versions) != count:
-            return None
-        return Page(positions, stream_ids, versions, events, partial(self._meta, after, positions))
+            return _NONE
+        return Page(positions, stream_ids, versions, events, load), more
 
     def _meta(self, after: int, positions: Sequence[int]) -> Meta:
         """The stream ids, versions and traceparents of the page after `after` that has
