@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::dispatcher::{Dispatcher, Nested, QUEUE};
 use crate::errors;
+use crate::methods::{install_method, MethodDef};
 use crate::nested::{self, FrameGuard};
 
 /// One command type's handler: as registered, with its dependencies, and what `execute` calls.
@@ -572,11 +573,6 @@ unsafe fn execute_body(
     Dispatcher::execute_impl(&slf, &command).map(Bound::into_ptr)
 }
 
-struct MethodDef(ffi::PyMethodDef);
-// SAFETY: the definition is immutable static data (pointers to static C strings and a
-// function); CPython only reads it.
-unsafe impl Sync for MethodDef {}
-
 static EXECUTE: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"execute".as_ptr(),
     ml_meth: ffi::PyMethodDefPointer {
@@ -588,17 +584,7 @@ static EXECUTE: MethodDef = MethodDef(ffi::PyMethodDef {
 
 /// Put the METH_O `execute` on the Dispatcher class (called once, at module import).
 pub(crate) fn install_execute(py: Python<'_>) -> PyResult<()> {
-    let class = py.get_type::<Dispatcher>();
-    // SAFETY: `class` is the live Dispatcher type; EXECUTE is static, so it outlives the
-    // descriptor (CPython never writes through the pointer).
-    let descriptor = unsafe {
-        let raw = ffi::PyDescr_NewMethod(
-            class.as_type_ptr(),
-            std::ptr::addr_of!(EXECUTE.0).cast_mut(),
-        );
-        Bound::from_owned_ptr_or_err(py, raw)?
-    };
-    class.setattr(intern!(py, "execute"), descriptor)
+    install_method(py, &EXECUTE, intern!(py, "execute"))
 }
 
 #[pymethods]

@@ -18,6 +18,7 @@ use pyo3::types::{PyList, PyTuple, PyType};
 use crate::dispatcher::{Config, Dispatcher, Nested, COLLECT, METRICS, QUEUE, UNHANDLED};
 use crate::errors::{self, Policy};
 use crate::handled;
+use crate::methods::{install_method, MethodDef};
 use crate::metrics::Metered;
 use crate::nested::{self, FrameGuard};
 use crate::registry::{Reg, Registration, Resolved, Snapshot};
@@ -363,19 +364,11 @@ impl Dispatcher {
         for (position, reg) in regs.iter().enumerate() {
             let reg_ref = reg;
             let reg = reg_ref.get();
-            // `Dispatcher::take` inlined: a strong handler is borrowed, not cloned (measured
-            // ~4 ns an event faster on mixed batches than calling `take`)
-            let weak_target;
-            let handler = if reg.weak {
-                match reg.live_handler(py)? {
-                    Some(target) => {
-                        weak_target = target;
-                        &weak_target
-                    }
-                    None => continue,
-                }
-            } else {
-                reg.target.bind(py)
+            // not `Dispatcher::take`: a strong handler is borrowed, not cloned (measured ~4 ns
+            // an event faster on mixed batches)
+            let mut weak_target = None;
+            let Some(handler) = reg.handler_in(py, &mut weak_target)? else {
+                continue;
             };
             if reg.once && !self.consume(py, reg_ref)? {
                 continue;
@@ -556,17 +549,9 @@ impl Dispatcher {
                 // SAFETY: `hot_regs` only returns tuples of Registration (Planned) objects.
                 let planned = unsafe { item.cast_unchecked::<Registration>() };
                 let reg = planned.get();
-                let weak_target;
-                let handler = if reg.weak {
-                    match reg.live_handler(py)? {
-                        Some(target) => {
-                            weak_target = target;
-                            &weak_target
-                        }
-                        None => continue,
-                    }
-                } else {
-                    reg.target.bind(py)
+                let mut weak_target = None;
+                let Some(handler) = reg.handler_in(py, &mut weak_target)? else {
+                    continue;
                 };
                 if reg.once {
                     *slow = true;
@@ -814,11 +799,6 @@ unsafe fn the_event<'py>(
     })
 }
 
-struct MethodDef(ffi::PyMethodDef);
-// SAFETY: the definition is immutable static data (pointers to static C strings and a
-// function); CPython only reads it.
-unsafe impl Sync for MethodDef {}
-
 static DISPATCH: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_name: c"dispatch".as_ptr(),
     ml_meth: ffi::PyMethodDefPointer {
@@ -830,15 +810,5 @@ static DISPATCH: MethodDef = MethodDef(ffi::PyMethodDef {
 
 /// Put the fastcall `dispatch` on the Dispatcher class (called once, at module import).
 pub(crate) fn install_dispatch(py: Python<'_>) -> PyResult<()> {
-    let class = py.get_type::<Dispatcher>();
-    // SAFETY: `class` is the live Dispatcher type; DISPATCH is static, so it outlives the
-    // descriptor (CPython never writes through the pointer).
-    let descriptor = unsafe {
-        let raw = ffi::PyDescr_NewMethod(
-            class.as_type_ptr(),
-            std::ptr::addr_of!(DISPATCH.0).cast_mut(),
-        );
-        Bound::from_owned_ptr_or_err(py, raw)?
-    };
-    class.setattr(pyo3::intern!(py, "dispatch"), descriptor)
+    install_method(py, &DISPATCH, pyo3::intern!(py, "dispatch"))
 }

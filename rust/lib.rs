@@ -10,6 +10,7 @@
 //! - `async_plan`: the plan/take primitives of the general async path (`domainbus._async`);
 //! - `ids`: UUIDv7 event ids and UTC timestamps;
 //! - `partitions`: a batch of events split by the partition of their key (`domainbus.redis`);
+//! - `methods`: the hand-written C methods (`dispatch`, `execute`) and how they are installed;
 //! - `metrics`: per-handler counters (calls, failures, sampled time), when switched on;
 //! - `queue`: the `BatchQueue` (lock-free batching queue feeding the dispatch loop).
 
@@ -23,6 +24,7 @@ mod dispatcher;
 mod errors;
 mod handled;
 mod ids;
+mod methods;
 mod metrics;
 mod nested;
 mod partitions;

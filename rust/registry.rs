@@ -63,6 +63,21 @@ impl Registration {
         Ok((!referent.is_none()).then_some(referent))
     }
 
+    /// The handler to call, borrowed when held strongly (no reference count change: the
+    /// dispatch loops' hot path), else dereferenced into `slot`; None when it was collected.
+    #[inline(always)]
+    pub fn handler_in<'a, 'py>(
+        &'a self,
+        py: Python<'py>,
+        slot: &'a mut Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<&'a Bound<'py, PyAny>>> {
+        if !self.weak {
+            return Ok(Some(self.target.bind(py)));
+        }
+        *slot = self.live_handler(py)?;
+        Ok(slot.as_ref())
+    }
+
     /// Claim a `once` registration: true for exactly one caller, in any thread.
     pub fn claim(&self) -> bool {
         self.consumed
