@@ -180,3 +180,33 @@ def test_worker_prints_the_metrics_table_at_the_end(redis_server: Any, tmp_path:
         if "domainbus.demo." in line
     ]
     assert sum(int(row[2].replace(",", "")) for row in cells) == 3 * 600  # 3 handlers an event
+
+
+def test_sigterm_while_the_worker_starts_is_a_clean_stop(redis_server: Any, tmp_path: Path) -> None:
+    """SIGTERM before the worker consumes (here: while its module imports) stops it with exit
+    0 and nothing read, as SIGTERM while consuming does; it used to kill it (exit -15)."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.xadd("t:0", {
+        FORMAT: FORMAT_VERSION, COUNT: b"1",
+        EVENTS: CODEC.encode_batch([Placed(aggregate_id="a", seq=0)]),
+    })  # fmt: skip
+    importing = tmp_path / "importing"
+    worker = subprocess.Popen(
+        [PYTHON_EXE, "-m", "domainbus", "worker", "redis_slow_import:dispatcher",
+         "--redis", redis_server.url, "--stream", "t", "--group", "g", "--partitions", "1"],
+        env=subprocess_env(DOMAINBUS_TEST_IMPORTING=str(importing),
+                           DOMAINBUS_TEST_IMPORT_SLEEP="2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not importing.exists() and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "stopped after 0 events" in out, out

@@ -18,6 +18,7 @@ be reached or refused a command (the message says which).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any
@@ -136,6 +137,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # SIGTERM / Ctrl-C while starting (importing the user's module, connecting) is a stop
+    # request too: the worker then exits 0 before consuming, instead of dying by the signal.
+    early_stop: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and early_stop:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, as while consuming
+        early_stop.append(signum)
+
+    previous = {
+        signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return _worker(args, early_stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _worker(args: argparse.Namespace, early_stop: list[int]) -> int:
     redis = _redis()
     from domainbus.cli import load_dispatcher
     from domainbus.redis.worker import RedisWorker, WorkerStats
@@ -175,6 +196,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
     print(f"{worker.consumer}: consuming {args.stream} as group {args.group}", flush=True)
+    if early_stop:
+        worker.stop()  # asked to stop while starting: `run` returns before reading
     started = time.perf_counter()
     try:
         stats = worker.run()
