@@ -5,8 +5,10 @@
 //! resolved list when the type repeats, and calls each handler with one vectorcall. No Rust
 //! lock or borrow is held while Python code runs.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::Guard;
 
@@ -24,18 +26,26 @@ use crate::nested::{self, FrameGuard};
 use crate::registry::{Reg, Registration, Resolved, Snapshot};
 use crate::unwind;
 
-/// Events between two looks at pending signals (Ctrl-C) and two chances for other threads to
-/// take the GIL: handlers and iterators written in C never give the eval loop either.
+/// Events between two looks at pending signals (Ctrl-C) and at the clock: handlers and
+/// iterators written in C never give the eval loop a chance to do either.
 const PACE: u32 = 1024;
 
 thread_local! {
     /// Events this thread may still dispatch before the next pause (counted across calls, so
     /// a C loop of single `dispatch` calls pauses too).
-    static LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(PACE) };
+    static LEFT: Cell<u32> = const { Cell::new(PACE) };
+    /// When this thread last let the GIL go, and the gap to keep before the next time.
+    static LAST_YIELD: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
 }
 
-/// Every `PACE` events dispatched on a thread: run the signal handlers and release the GIL
-/// for a moment, as the eval loop does between bytecodes.
+/// Every `PACE` events dispatched on a thread: run the signal handlers and, when two switch
+/// intervals have passed since the last time, release the GIL for a moment.
+///
+/// Why not every pause: CPython's waiting thread asks the holder to switch only after a whole
+/// switch interval without the GIL being released. A release every few microseconds wakes it
+/// each time (it then usually loses the race to take the GIL back), so it never asks and can
+/// starve for the whole batch. Two intervals apart, its request is pending when we release, and
+/// CPython then hands the GIL over before we may take it back.
 struct Pacer;
 
 impl Pacer {
@@ -60,9 +70,27 @@ impl Pacer {
     #[inline(never)]
     fn pause(py: Python<'_>) -> PyResult<()> {
         unwind::check_signals(py)?;
-        unwind::yield_gil(py);
+        let due = LAST_YIELD.get().is_none_or(|(at, gap)| at.elapsed() >= gap);
+        if due {
+            unwind::yield_gil(py);
+            LAST_YIELD.set(Some((Instant::now(), 2 * switch_interval(py))));
+        }
         Ok(())
     }
+}
+
+/// `sys.getswitchinterval()` (the user may change it), or CPython's default of 5 ms.
+fn switch_interval(py: Python<'_>) -> Duration {
+    let asked = || -> PyResult<f64> {
+        py.import("sys")?
+            .getattr("getswitchinterval")?
+            .call0()?
+            .extract()
+    };
+    asked()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .unwrap_or(Duration::from_millis(5))
 }
 
 /// Slots of the direct-mapped table of types one `run` remembers (a power of two). A batch of
