@@ -6,8 +6,9 @@ at a time): a handler with no dependency, and a handler with one dependency (pro
 the dispatcher; passed by hand in the direct call; injected with a lambda in the cosmic bus, as
 the book's bootstrap does; resolved by lato's dependency provider). Every variant is checked to
 make one handler call per command before it is timed. Target: Rust `execute` within 1.5x of the
-direct call. The ratios are printed by the last test (`test_ratios`), which times every variant
-in turn, round after round, so that a busy machine slows them all alike.
+direct call; the "C floor" line (`operator.call(handler, command)`) is what any `execute`
+written in C costs at least. The ratios are printed by the last test (`test_ratios`), which
+times every variant in turn, round after round, so that a busy machine slows them all alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import call
 from typing import Any
 
 import pytest
@@ -68,6 +70,27 @@ def direct(commands: list[Any], with_dependency: bool) -> tuple[Callable[[], Non
         def run() -> None:
             for command in commands:
                 handler(command)
+
+    return run, counter
+
+
+def c_floor(commands: list[Any], with_dependency: bool) -> tuple[Callable[[], None], Counter]:
+    """The handler called through `operator.call`: a C function that does nothing but call it.
+    Any `execute` written in C pays this much (a call into C, then a call from C into Python,
+    which CPython does not inline as it inlines a Python-to-Python call)."""
+    counter = Counter()
+    if with_dependency:
+
+        def run() -> None:
+            for command in commands:
+                call(dependent_handler, command, counter=counter)
+
+    else:
+        handler = plain_handler(counter)
+
+        def run() -> None:
+            for command in commands:
+                call(handler, command)
 
     return run, counter
 
@@ -172,6 +195,7 @@ def lato_variant(commands: list[Any], with_dependency: bool) -> tuple[Callable[[
 
 VARIANTS: dict[str, Build] = {
     "direct": direct,
+    "C floor": c_floor,
     "rust": domainbus_variant(rust),
     "pure": domainbus_variant(pure),
     "cosmic-bus": cosmic,
@@ -225,6 +249,10 @@ def test_ratios(capsys: pytest.CaptureFixture[str], bench_events: int) -> None:
         ratio = medians["rust"] / floor
         verdict = "met" if ratio <= 1.5 else "MISSED"
         lines.append(f"{workload:>13} rust execute / direct: {ratio:.2f} (<= 1.5) {verdict}")
+        lines.append(
+            f"{workload:>13} rust execute / C floor: {medians['rust'] / medians['C floor']:.2f}"
+            f" (the C floor is {medians['C floor'] / floor:.2f}x direct)"
+        )
     with capsys.disabled():
         print(f"\ndomainbus commands (interleaved, median of {rounds} rounds, this run)")
         for line in lines:
