@@ -131,7 +131,9 @@ class PsycopgTransaction:
 
     @property
     def in_transaction(self) -> bool:
-        return bool(self.connection.info.transaction_status != self._idle)
+        # libpq's status straight from the pgconn: `connection.info` builds an object per read
+        # (1.8 against 0.1 us, read twice by every unit of work)
+        return bool(self.connection.pgconn.transaction_status != self._idle)
 
     def begin(self) -> None:
         if self.connection.autocommit:
