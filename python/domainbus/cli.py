@@ -28,11 +28,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from domainbus.codec import FORMATS, DeadLetterFile, DecodeError, EventCodec
+from domainbus.cli_inputs import (
+    DEMO_CODEC_HINT,
+    UsageError,
+    check_input,
+    load_codec,
+    load_dispatcher,
+    rate,
+)
+from domainbus.codec import FORMATS, DeadLetterFile, DecodeError
 from domainbus.codec.frames import count_frame_events
 from domainbus.codec.streams import JSONL_SUFFIXES, MSGPACK_SUFFIXES, Batch
 from domainbus.delivery import batch_index, failed_indexes
-from domainbus.events import DomainEvent
 from domainbus.metrics_report import enable_metrics, print_metrics
 from domainbus.progress import progress
 from domainbus.redis.cli import add_commands as add_redis_commands
@@ -41,99 +48,6 @@ __all__ = ["SUBCOMMANDS", "UsageError", "build_parser", "main"]
 
 
 _DESCRIPTION = "Generate event logs and replay them through a dispatcher."
-_DEMO_CODEC_HINT = "a file written by `domainbus generate` needs --codec domainbus.demo:codec"
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one line, exit status 2."""
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def import_target(spec: str) -> tuple[Any, Any]:
-    """`(module, object)` named by "package.module:attr.path"."""
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise UsageError(f"expected MODULE:NAME (like myapp.events:dispatcher), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UsageError(f"cannot import module {module_name!r}: {exc!r}") from exc
-    target: Any = module
-    for part in attr_path.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise UsageError(f"module {module_name!r} has no attribute {attr_path!r}") from None
-    return module, target
-
-
-def load_dispatcher(spec: str) -> tuple[Any, Any]:
-    """The user's dispatcher: an object with `dispatch_batch`, or a function returning one."""
-    module, target = import_target(spec)
-    if isinstance(target, type):
-        raise UsageError(
-            f"{spec} is a class, not a dispatcher: name an instance (myapp.events:dispatcher) "
-            "or a function that returns one"
-        )
-    if not hasattr(target, "dispatch_batch") and callable(target):
-        try:
-            target = target()
-        except Exception as exc:
-            raise UsageError(f"{spec}() raised {exc!r}") from exc
-    if not callable(getattr(target, "dispatch_batch", None)):
-        raise UsageError(f"{spec} is not a dispatcher (it has no dispatch_batch method)")
-    return module, target
-
-
-def _all_event_types() -> list[type[DomainEvent]]:
-    found: list[type[DomainEvent]] = []
-    todo = list(DomainEvent.__subclasses__())
-    while todo:
-        cls = todo.pop(0)
-        found.append(cls)
-        todo.extend(cls.__subclasses__())
-    return found
-
-
-def load_codec(spec: str | None, module: Any) -> EventCodec:
-    """`--codec MODULE:NAME`; else the dispatcher module's `codec`; else every loaded event."""
-    if spec is not None:
-        codec = import_target(spec)[1]
-        if not isinstance(codec, EventCodec):
-            raise UsageError(f"{spec} is not an EventCodec")
-        return codec
-    codec = getattr(module, "codec", None)
-    if isinstance(codec, EventCodec):
-        return codec
-    types = _all_event_types()
-    if not types:
-        raise UsageError(
-            f"no DomainEvent subclasses are loaded: pass --codec MODULE:CODEC ({_DEMO_CODEC_HINT})"
-        )
-    try:
-        return EventCodec(*types)
-    except ValueError as exc:
-        raise UsageError(f"{exc}; pass --codec MODULE:CODEC") from None
-
-
-def check_input(path: str, format: str | None) -> None:
-    """A readable event file and a known format, or UsageError."""
-    if format is not None and format not in FORMATS:
-        raise UsageError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
-    if os.path.isdir(path):
-        raise UsageError(f"{path!r} is a directory, not an event file")
-    if not os.path.exists(path):
-        raise UsageError(f"no such file: {path!r}")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"cannot read {path!r}: permission denied")
-
-
-def _rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:,.0f} events/s" if seconds > 0 else "n/a events/s"
 
 
 def _say(message: str) -> None:
@@ -265,7 +179,7 @@ def _replay(args: argparse.Namespace, module: Any, dispatcher: Any) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"dispatched {replay.events:,} events ({replay.calls:,} handler calls) in "
-        f"{elapsed:.2f} s: {_rate(replay.events, elapsed)}"
+        f"{elapsed:.2f} s: {rate(replay.events, elapsed)}"
     )
     if dead_letter is not None and dead_letter.count:
         print(
@@ -340,7 +254,7 @@ def _report_decode_error(args: argparse.Namespace, exc: DecodeError) -> int:
     """Say what could not be read, and the `--start-at` that gets past it (if any)."""
     _say(f"domainbus run: {exc}")
     if exc.reason == "unknown-tag" and args.codec is None:
-        _say(f"  ({_DEMO_CODEC_HINT})")
+        _say(f"  ({DEMO_CODEC_HINT})")
     if exc.index is None:  # the stream as a whole is unreadable
         return 1
     done = f"  events before {exc.index} were dispatched"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from domainbus.cli_inputs import UsageError, import_target
 from domainbus.codec import EventCodec
 from domainbus.errors import DecodeError
 from domainbus.events import DomainEvent
@@ -53,9 +54,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _import(spec: str) -> tuple[Any, Any]:
-    """`domainbus.cli.import_target`, imported late (that module imports this one lazily)."""
-    from domainbus.cli import import_target
-
+    """The `(module, object)` a MODULE:NAME argument names (`UsageError` when it cannot)."""
     return import_target(spec)
 
 
@@ -99,8 +98,6 @@ def _progress(total: int) -> Iterator[Callable[[int], object]]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run `domainbus replay`; returns the exit status."""
-    from domainbus.cli import UsageError  # what import_target raises
-
     try:
         return _replay(args)
     except (_Usage, UsageError) as exc:

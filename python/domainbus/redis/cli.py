@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from domainbus.cli_inputs import UsageError, check_input, load_codec, load_dispatcher, rate
+
 __all__ = ["add_commands"]
 
 
@@ -77,9 +79,7 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _usage_error(message: str) -> Exception:
-    """`domainbus.cli.UsageError` (exit status 2), imported late: that module imports this."""
-    from domainbus.cli import UsageError
-
+    """A `UsageError`: reported as one line, exit status 2."""
     return UsageError(message)
 
 
@@ -92,15 +92,12 @@ def _redis() -> Any:
 
 
 def _codec(spec: str | None, module: Any) -> Any:
-    from domainbus.cli import load_codec
-
     return load_codec(spec, module)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     redis = _redis()
     from domainbus import demo
-    from domainbus.cli import _rate, check_input
     from domainbus.progress import progress
     from domainbus.redis.publisher import PublishError, RedisPublisher
 
@@ -131,7 +128,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"published {published:,} events to {args.stream} ({publisher.partitions} partitions) "
-        f"in {elapsed:.2f} s: {_rate(published, elapsed)}"
+        f"in {elapsed:.2f} s: {rate(published, elapsed)}"
     )
     return 0
 
@@ -158,7 +155,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace, early_stop: list[int]) -> int:
     redis = _redis()
-    from domainbus.cli import load_dispatcher
     from domainbus.redis.worker import RedisWorker, WorkerStats
 
     instrument = _instrument() if args.trace else None  # before importing the user's module
