@@ -24,9 +24,12 @@ CREATE TABLE IF NOT EXISTS out_of_order (key TEXT, seq INTEGER, expected INTEGER
 """
 
 
-def open_store(path: str) -> SqliteOutbox:
+def open_store(path: str, *, create: bool = True) -> SqliteOutbox:
+    """The shared database, its tables made first when `create` (the test process does it once,
+    before starting the workers)."""
     store = SqliteOutbox(path, CODEC, busy_timeout=30.0)
-    store.connection.executescript(SCHEMA)
+    if create:
+        store.connection.executescript(SCHEMA)
     return store
 
 
@@ -49,7 +52,10 @@ class PerEntryTransaction:
 
 
 def counting() -> PerEntryTransaction:
-    store = open_store(os.environ["DOMAINBUS_TEST_DB"])
+    # no schema script here: its INSERT needs the write lock, and a worker starting while the
+    # others commit entry after entry could wait behind them (SQLite's busy handler is not
+    # fair) until they stopped, then start with nothing left to read
+    store = open_store(os.environ["DOMAINBUS_TEST_DB"], create=False)
     cursor = store.connection.cursor()
 
     def count(event: Placed) -> None:
