@@ -81,8 +81,9 @@ def _all_event_types() -> list[type[DomainEvent]]:
     return found
 
 
-def load_codec(spec: str | None, module: Any) -> EventCodec:
-    """`--codec MODULE:NAME`; else the dispatcher module's `codec`; else every loaded event."""
+def load_codec(spec: str | None, module: Any, *, hint: str | None = DEMO_CODEC_HINT) -> EventCodec:
+    """`--codec MODULE:NAME`; else `module`'s `codec`; else every loaded event. `hint` is added
+    to the error when no event class is loaded."""
     if spec is not None:
         codec = import_target(spec)[1]
         if not isinstance(codec, EventCodec):
@@ -93,9 +94,8 @@ def load_codec(spec: str | None, module: Any) -> EventCodec:
         return codec
     types = _all_event_types()
     if not types:
-        raise UsageError(
-            f"no DomainEvent subclasses are loaded: pass --codec MODULE:CODEC ({DEMO_CODEC_HINT})"
-        )
+        suffix = f" ({hint})" if hint else ""
+        raise UsageError(f"no DomainEvent subclasses are loaded: pass --codec MODULE:CODEC{suffix}")
     try:
         return EventCodec(*types)
     except ValueError as exc:

@@ -21,10 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from domainbus.cli_inputs import UsageError, import_target
-from domainbus.codec import EventCodec
+from domainbus.cli_inputs import UsageError, import_target, load_codec
 from domainbus.errors import DecodeError
-from domainbus.events import DomainEvent
 
 __all__ = ["add_commands", "cmd_replay"]
 
@@ -51,34 +49,6 @@ def add_commands(subparsers: Any) -> None:
     replay.add_argument("--codec", metavar="MODULE:CODEC", help="the EventCodec of the events")
     replay.add_argument("--page-size", type=int, default=1000, help="events per transaction")
     replay.set_defaults(handler=cmd_replay)
-
-
-def _import(spec: str) -> tuple[Any, Any]:
-    """The `(module, object)` a MODULE:NAME argument names (`UsageError` when it cannot)."""
-    return import_target(spec)
-
-
-def _codec(spec: str | None, module: Any) -> EventCodec:
-    if spec is not None:
-        codec = _import(spec)[1]
-        if not isinstance(codec, EventCodec):
-            raise _Usage(f"{spec} is not an EventCodec")
-        return codec
-    codec = getattr(module, "codec", None)
-    if isinstance(codec, EventCodec):
-        return codec
-    found: list[type[DomainEvent]] = []
-    todo = list(DomainEvent.__subclasses__())
-    while todo:
-        cls = todo.pop(0)
-        found.append(cls)
-        todo.extend(cls.__subclasses__())
-    if not found:
-        raise _Usage("no DomainEvent subclasses are loaded: pass --codec MODULE:CODEC")
-    try:
-        return EventCodec(*found)
-    except ValueError as exc:
-        raise _Usage(f"{exc}; pass --codec MODULE:CODEC") from None
 
 
 @contextmanager
@@ -111,8 +81,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.page_size < 1:
         raise _Usage("--page-size must be >= 1")
-    module, target = _import(args.projection)
-    codec = _codec(args.codec, module)
+    module, target = import_target(args.projection)
+    codec = load_codec(args.codec, module, hint=None)
     try:
         store = open_store(args.store_url, codec)
     except (ValueError, OSError, ImportError) as exc:

@@ -78,21 +78,12 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", required=True, metavar="NAME", help="stream name")
 
 
-def _usage_error(message: str) -> Exception:
-    """A `UsageError`: reported as one line, exit status 2."""
-    return UsageError(message)
-
-
 def _redis() -> Any:
     try:
         import redis
     except ImportError:
-        raise _usage_error("redis-py is not installed: pip install 'domainbus[redis]'") from None
+        raise UsageError("redis-py is not installed: pip install 'domainbus[redis]'") from None
     return redis
-
-
-def _codec(spec: str | None, module: Any) -> Any:
-    return load_codec(spec, module)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -103,14 +94,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     check_input(args.file, args.format)
     if args.batch_size < 1:
-        raise _usage_error("--batch-size must be >= 1")
-    codec = _codec(args.codec, demo)
+        raise UsageError("--batch-size must be >= 1")
+    codec = load_codec(args.codec, demo)
     try:
         publisher = RedisPublisher(
             args.redis, codec, stream=args.stream, partitions=args.partitions, maxlen=args.maxlen
         )
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     published = 0
     started = time.perf_counter()
     reader = codec.iter_indexed_batches(args.file, args.batch_size, args.format)
@@ -120,7 +111,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 published += publisher.publish_batch(batch.events)
                 advance(len(batch.events))
     except ValueError as exc:  # e.g. the stream was set up with another partition count
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except (PublishError, redis.RedisError) as exc:
         print(f"domainbus publish: {exc}", file=sys.stderr)
         print(f"  {published:,} events were published before it", file=sys.stderr)
@@ -159,14 +150,14 @@ def _worker(args: argparse.Namespace, early_stop: list[int]) -> int:
 
     instrument = _instrument() if args.trace else None  # before importing the user's module
     module, dispatcher = load_dispatcher(args.target)
-    codec = _codec(args.codec, module)
+    codec = load_codec(args.codec, module)
     if args.metrics:
         from domainbus.metrics_report import enable_metrics
 
         try:
             enable_metrics(dispatcher, args.target)
         except ValueError as exc:
-            raise _usage_error(str(exc)) from None
+            raise UsageError(str(exc)) from None
     if instrument is not None:
         dispatcher = instrument(dispatcher)
 
@@ -190,7 +181,7 @@ def _worker(args: argparse.Namespace, early_stop: list[int]) -> int:
     try:
         worker = RedisWorker(args.redis, dispatcher, **options)
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     print(f"{worker.consumer}: consuming {args.stream} as group {args.group}", flush=True)
     if early_stop:
         worker.stop()  # asked to stop while starting: `run` returns before reading
@@ -198,7 +189,7 @@ def _worker(args: argparse.Namespace, early_stop: list[int]) -> int:
     try:
         stats = worker.run()
     except ValueError as exc:  # e.g. the stream was set up with another partition count
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except redis.RedisError as exc:
         print(f"domainbus worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -221,7 +212,7 @@ def _instrument() -> Any:
     try:
         from domainbus.observe import instrument
     except ImportError:
-        raise _usage_error("--trace needs OpenTelemetry: pip install 'domainbus[otel]'") from None
+        raise UsageError("--trace needs OpenTelemetry: pip install 'domainbus[otel]'") from None
     return instrument
 
 
@@ -234,7 +225,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             if args.ids or args.all:
-                raise _usage_error("list takes no ids and no --all")
+                raise UsageError("list takes no ids and no --all")
             letters = dead.list(args.limit)
             for d in letters:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.failed_at))
@@ -246,11 +237,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{len(letters)} dead letter(s) in {dead.key}")
             return 0
         if bool(args.ids) == args.all:
-            raise _usage_error("requeue takes dead-letter ids or --all (not both)")
+            raise UsageError("requeue takes dead-letter ids or --all (not both)")
         try:
             count = dead.requeue(None if args.all else args.ids)
         except KeyError as exc:
-            raise _usage_error(exc.args[0]) from None
+            raise UsageError(exc.args[0]) from None
         print(f"requeued {count} dead letter(s) to their partition streams")
         return 0
     except redis.RedisError as exc:
