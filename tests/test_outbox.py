@@ -202,6 +202,72 @@ def test_live_claims_are_not_relayed_by_another_outbox(
     assert other.relay(dispatcher) == RelayResult()  # delivered, held until the next commit
 
 
+def wait_until_swept(db: Db, seconds: float = 30) -> float:
+    """Seconds until the outbox table is empty (counted through the test's own connection)."""
+    start = time.monotonic()
+    while db.count("SELECT count(*) FROM domainbus_outbox"):
+        assert time.monotonic() - start < seconds, "the delivered rows were never deleted"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_delivered_rows_no_commit_takes_are_swept_before_the_lease(
+    backend: ModuleType, db: Db
+) -> None:
+    """A unit of work's delivered rows wait for the outbox's next commit; when none comes, the
+    sweeper deletes them, so that no relay takes them for abandoned once the lease is over."""
+    outbox = db.open(lease=0.4)
+    assert outbox.sweep_after == pytest.approx(0.1)
+    log: list[Any] = []
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, log.append)
+    with UnitOfWork(dispatcher, outbox=outbox) as uow:
+        uow.record(Registered(n=1))
+    assert numbers(log) == [1]
+    wait_until_swept(db)
+    time.sleep(0.5)  # past the lease
+    assert db.open(lease=0.4).relay(dispatcher) == RelayResult()
+    assert numbers(log) == [1]
+
+
+def test_the_sweeper_waits_while_the_connection_is_in_use(backend: ModuleType, db: Db) -> None:
+    """The user's connection in a transaction (PostgreSQL: the outbox's own connection is not
+    idle; SQLite: another writer holds the lock): the rows stay until it ends."""
+    connection = db.connect()
+    outbox = db.open(connection, lease=0.2)
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, lambda event: None)
+    with UnitOfWork(dispatcher, connection, outbox=outbox) as uow:
+        uow.record(Registered(n=1))
+    if db.kind == "postgres":
+        connection.execute("SELECT 1")  # psycopg opens a transaction
+    else:
+        connection.execute("BEGIN IMMEDIATE")
+    time.sleep(0.5)
+    assert db.count("SELECT count(*) FROM domainbus_outbox") == 1
+    connection.rollback()
+    wait_until_swept(db)
+
+
+def test_delivered_rows_are_deleted_at_exit(backend: ModuleType, db: Db, tmp_path: Path) -> None:
+    """A process that ends without closing its outbox deletes what it delivered: on PostgreSQL
+    its session's end would otherwise free the rows for every relay at once."""
+    child = spawn(
+        tmp_path,
+        backend,
+        db,
+        """
+        dispatcher.register_handler(Registered, lambda event: print("handled", event.n))
+        with UnitOfWork(dispatcher, outbox=outbox) as uow:
+            uow.record(Registered(n=7))
+        """,
+    )
+    returncode, output = finish(child)
+    assert returncode == 0, output
+    assert "handled 7" in output
+    assert db.count("SELECT count(*) FROM domainbus_outbox") == 0
+
+
 def test_a_round_whose_handlers_wrote_goes_back_whole(backend: ModuleType, db: Db) -> None:
     """Handler writes through the connection and the round's delivery commit together."""
     connection = db.connect()  # a handler's INSERT opens a transaction

@@ -3,7 +3,8 @@
 Transactions with deferred deletes, views bound to other handles, the relay entry points,
 idempotency records, and inspection and repair of the dead-letter table. Each store supplies its
 statements (a module of the same names: `MARK_PROCESSED`, `REQUEUE`, ...) as `_sql`, and the
-few steps that differ (`_settle_held`, `_processed_params`, `_prune_params`, `_announce`).
+few steps that differ (`_settle_held`, `_delete_swept`, `_processed_params`, `_prune_params`,
+`_announce`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from domainbus.outbox.store import (
     check_codec,
     check_settings,
 )
+from domainbus.outbox.sweeper import sweep_delay, watch
 from domainbus.transactions import Transaction, transaction_for
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ class OutboxBase:
         self.max_attempts = max_attempts
         self._rng = random.Random(os.urandom(16))
         self._held = HeldBatches()  # delivered; their rows go with the next commit
+        self._root = self  # the outbox its views were bound from: the one the sweeper watches
+        self._sweep_lock = threading.Lock()  # one sweep at a time, and not during close()
         self._settled: list[OutboxBatch] = []  # held batches the open transaction deletes
         self.encode: Callable[[Any], bytes] = codec.encode
         self.decode: Callable[[bytes], Any] = codec.decode
@@ -143,11 +147,44 @@ class OutboxBase:
 
     def close(self) -> None:
         """Flush, then close the connection if the outbox opened it."""
-        try:
-            self.flush()
-        finally:
-            if self._owns_connection:
-                self._own_connection.close()
+        with self._sweep_lock:
+            try:
+                self.flush()
+            finally:
+                if self._root is self:
+                    self._close_sweeping()
+                if self._owns_connection:
+                    self._own_connection.close()
+
+    # -- the sweeper (`domainbus.outbox.sweeper`) ------------------------------------------
+
+    @property
+    def sweep_after(self) -> float:
+        """Seconds delivered rows wait for a commit on this outbox before the sweeper deletes
+        them: a quarter of the lease, at most one second."""
+        return sweep_delay(self.lease)
+
+    def _sweep(self, held_since: float) -> bool:
+        """Delete the held rows (in the sweeper's thread) if they have been held since
+        `held_since` or before; True when nothing is held any more."""
+        with self._sweep_lock:
+            batches = self._held.take_if_held_since(held_since)
+            if batches:
+                deleted = False
+                try:
+                    deleted = self._delete_swept(batches)
+                finally:
+                    if not deleted:
+                        self._held.restore(batches)
+            return self._held.unwatch_if_empty()
+
+    def _delete_swept(self, batches: list[OutboxBatch]) -> bool:
+        """Delete delivered batches' rows from the sweeper's thread, committed, through a
+        connection no other thread is using; False (nothing done) when there is none now."""
+        raise NotImplementedError
+
+    def _close_sweeping(self) -> None:
+        """Release what `_delete_swept` opened."""
 
     def __enter__(self) -> Self:
         return self
@@ -204,8 +241,10 @@ class OutboxBase:
         return dead
 
     def hold(self, batch: OutboxBatch) -> None:
-        """Mark `batch` delivered with the next commit on this outbox (or one of its views)."""
-        self._held.add(batch)
+        """Mark `batch` delivered with the next commit on this outbox (or one of its views), or
+        by the sweeper if that commit does not come within `sweep_after` seconds."""
+        if self._held.add(batch):
+            watch(self._root)
 
     # -- relaying --------------------------------------------------------------------------
 

@@ -25,6 +25,11 @@ its transaction aborts. While a batch is dispatched:
   a server's `idle_in_transaction_session_timeout` shorter than a batch aborts it (the batch
   is then delivered again).
 
+A unit of work's delivered rows are deleted by the outbox's next commit, or by the sweeper
+(`domainbus.outbox.sweeper`) through the outbox's own connection while it is idle, when no
+commit comes within `sweep_after` seconds: the advisory lock and the lease only ever free rows
+that were not delivered (or whose process crashed before deleting them).
+
 Rows that become free (stored free, released after a failure, requeued) are announced with
 `NOTIFY domainbus_outbox` in their transaction; `wait()` and `serve()` listen for it, so a relay
 wakes milliseconds after the commit, polling as the fallback (rows freed by a relay that died
@@ -157,6 +162,36 @@ class PostgresOutbox(OutboxBase):
                 cursor.execute(sql.DELETE_OWN_ONE, (batch.ids[0], batch.claim))
             else:
                 cursor.execute(sql.DELETE_OWN, (batch.ids, batch.claim))
+
+    def _delete_swept(self, batches: list[OutboxBatch]) -> bool:
+        """Through the outbox's own connection, while it is idle: the sweeper holds the
+        connection's lock, so no other thread sends anything meanwhile, and a single statement
+        on an idle session is a transaction of its own."""
+        import psycopg
+
+        connection = self._own_connection
+        if connection.closed:
+            return True  # nothing can delete them any more (close() flushed what it held)
+        if not connection.lock.acquire(blocking=False):
+            return False
+        try:
+            pgconn = connection.pgconn
+            if (
+                pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                or pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF
+            ):
+                return False  # in use: the transaction's commit (or a later sweep) deletes them
+            statement = sql.SWEEP.format(
+                ids=",".join(str(i) for batch in batches for i in batch.ids),
+                claims=",".join(str(batch.claim) for batch in batches),
+            )  # integers only: nothing to quote
+            result = pgconn.exec_(statement.encode())
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                message = (result.error_message or b"").decode(errors="replace").strip()
+                raise OutboxError(f"deleting delivered outbox rows failed: {message}")
+            return True
+        finally:
+            connection.lock.release()
 
     # -- writing and claiming --------------------------------------------------------------
 

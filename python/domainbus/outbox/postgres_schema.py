@@ -133,6 +133,14 @@ DEAD_LETTER = (
     f"SELECT id, payload, attempts, %s, {NOW} FROM domainbus_outbox WHERE id = %s"
 )
 DELETE_OWN = "DELETE FROM domainbus_outbox WHERE id = ANY(%s::bigint[]) AND claim = %s"
+# The sweeper's deletion of delivered batches (domainbus.outbox.sweeper), sent as one simple
+# query on an idle session: an implicit transaction, which a lock held by a transaction still
+# open elsewhere (one that deletes these rows too) cannot stall for long.
+SWEEP = (
+    "SET LOCAL lock_timeout = '200ms'; "
+    "DELETE FROM domainbus_outbox WHERE id = ANY('{{{ids}}}'::bigint[]) "
+    "AND claim = ANY('{{{claims}}}'::bigint[])"
+)
 DELETE_OWN_ONE = "DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s"
 RELEASE_OWN = (
     "UPDATE domainbus_outbox SET claim = NULL, owner = NULL, claimed_at = NULL "

@@ -173,3 +173,11 @@ def create_tables(connection: sqlite3.Connection) -> None:
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+
+
+def database_file(connection: sqlite3.Connection) -> str | None:
+    """The path of the connection's main database file; None for an in-memory or temporary one."""
+    for _seq, name, path in connection.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return str(path) if path else None
+    return None

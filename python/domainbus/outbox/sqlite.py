@@ -7,7 +7,10 @@ rows in batches, dispatches them with `dispatch_batch` and deletes them: at-leas
 
 Delivered rows are deleted lazily: after a unit of work delivers its events, the delete rides
 along with the next transaction this outbox commits (or `flush()`/`close()`), which keeps the
-write path at one transaction per unit of work. A crash before that re-delivers those events.
+write path at one transaction per unit of work. When no commit comes within `sweep_after`
+seconds (a quarter of the lease, at most one), the sweeper (`domainbus.outbox.sweeper`) deletes
+them through a connection of its own, and at interpreter exit, so that another process's relay
+never takes them for abandoned. Only a crash before that re-delivers those events.
 
 `outbox.bind(handle)` is the same outbox seen through another handle on the same file (a
 SQLAlchemy `Session` or `Connection` on SQLite, another sqlite3 connection): its rows are
@@ -39,6 +42,7 @@ logger = logging.getLogger("domainbus.outbox")
 
 _MAX_ROWS_PER_INSERT = 1000  # 3 parameters a row; SQLite 3.32+ allows 32,766
 _MAX_IDS_PER_DELETE = 5000
+_SWEEP_BUSY_TIMEOUT = 0.2  # seconds the sweeper waits for the write lock before trying later
 
 
 class SqliteOutbox(OutboxBase):
@@ -95,6 +99,8 @@ class SqliteOutbox(OutboxBase):
         self._set_up(tx, codec, lease, max_attempts)
         self._owner = self._rng.getrandbits(63)
         self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
+        self._sweep_path = sql.database_file(connection)  # None: in memory, this process only
+        self._sweep_connection: sqlite3.Connection | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteOutbox {self.codec!r} synchronous={self.synchronous}>"
@@ -124,6 +130,38 @@ class SqliteOutbox(OutboxBase):
                 self._cursor.execute(sql.DELETE_OWN_RANGE, params)
             else:
                 self.settle(batch, delivered=batch.ids)
+
+    def _delete_swept(self, batches: list[OutboxBatch]) -> bool:
+        """Through a connection of the sweeper's own to the same file (the user's belongs to
+        its thread), waiting at most a moment for the write lock."""
+        if self._sweep_path is None:
+            return True  # an in-memory database: no other process can relay these rows
+        if not all(batch.in_rows for batch in batches):
+            return False  # not a unit of work's: left to the next commit
+        connection = self._sweep_connection
+        if connection is None:
+            connection = self._sweep_connection = sqlite3.connect(
+                self._sweep_path,
+                timeout=_SWEEP_BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for batch in batches:
+                params = (batch.ids[0], batch.ids[-1], batch.claim)
+                connection.execute(sql.DELETE_OWN_RANGE, params)
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError:  # busy: the next sweep tries again
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            return False
+        return True
+
+    def _close_sweeping(self) -> None:
+        if self._sweep_connection is not None:
+            self._sweep_connection.close()
+            self._sweep_connection = None
 
     # -- writing and claiming --------------------------------------------------------------
 

@@ -9,6 +9,7 @@ per event or otherwise. The argument checks both stores share live here too.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -168,20 +169,35 @@ class Outbox(OutboxStore, IdempotencyStore, Protocol):
 
 class HeldBatches:
     """Delivered batches whose rows the next commit deletes, shared by an outbox and its views
-    (which may live on other threads: a lock guards the list)."""
+    (which may live on other threads: a lock guards the list).
 
-    __slots__ = ("_batches", "_lock")
+    `since`: when the list last became non-empty (`time.monotonic()`), so that the sweeper
+    (`domainbus.outbox.sweeper`) can delete batches no commit took soon enough. `watched`:
+    whether the sweeper is watching the outbox; `add` returns True when it is not yet (the
+    caller then asks it to), and `unwatch_if_empty` ends the watch only while nothing is held.
+    """
+
+    __slots__ = ("_batches", "_lock", "since", "watched")
 
     def __init__(self) -> None:
         self._batches: list[OutboxBatch] = []
         self._lock = threading.Lock()
+        self.since = 0.0
+        self.watched = False
 
     def __bool__(self) -> bool:
         return bool(self._batches)
 
-    def add(self, batch: OutboxBatch) -> None:
+    def add(self, batch: OutboxBatch) -> bool:
+        """Hold `batch`; True when the sweeper must be asked to watch."""
         with self._lock:
+            if not self._batches:
+                self.since = time.monotonic()
             self._batches.append(batch)
+            if self.watched:
+                return False
+            self.watched = True
+            return True
 
     def take(self) -> list[OutboxBatch]:
         """Every held batch, now no longer held."""
@@ -189,12 +205,30 @@ class HeldBatches:
             batches, self._batches = self._batches, []
         return batches
 
+    def take_if_held_since(self, moment: float) -> list[OutboxBatch]:
+        """Every held batch if the list has been non-empty since `moment` or before, else none."""
+        with self._lock:
+            if not self._batches or self.since > moment:
+                return []
+            batches, self._batches = self._batches, []
+        return batches
+
     def restore(self, batches: Iterable[OutboxBatch]) -> None:
-        """Hold again batches whose deletion was rolled back."""
+        """Hold again batches whose deletion was rolled back (the sweeper may take them at once:
+        they were delivered a while ago)."""
         batches = list(batches)
         if batches:
             with self._lock:
                 self._batches[:0] = batches
+                self.since = 0.0
+
+    def unwatch_if_empty(self) -> bool:
+        """End the sweeper's watch if nothing is held (True then)."""
+        with self._lock:
+            if self._batches:
+                return False
+            self.watched = False
+            return True
 
 
 def check_codec(codec: object) -> None:
