@@ -87,7 +87,7 @@ class EventCodec:
 
     def encode(self, event: DomainEvent) -> bytes:
         """One event as msgpack."""
-        self.records.check_types((event,))
+        self.records.check_type(event)
         return self.records.msgpack_encoder.encode(event)
 
     def decode(self, data: bytes) -> DomainEvent:
@@ -106,7 +106,7 @@ class EventCodec:
 
     def encode_json(self, event: DomainEvent) -> bytes:
         """One event as a JSON object."""
-        self.records.check_types((event,))
+        self.records.check_type(event)
         return self.records.json_encoder.encode(event)
 
     def decode_json(self, data: bytes | str) -> DomainEvent:

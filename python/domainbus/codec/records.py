@@ -44,6 +44,11 @@ class Records:
         self._json_one: msgspec.json.Decoder[DomainEvent] = msgspec.json.Decoder(union)
         self._json_raw = msgspec.json.Decoder()
 
+    def check_type(self, event: object) -> None:
+        """`check_types` for one event, without building sets (one per unit of work)."""
+        if type(event) not in self._type_set:
+            self.check_types((event,))
+
     def check_types(self, events: Iterable[object]) -> None:
         """TypeError unless every event is of one of this codec's types."""
         unknown = set(map(type, events)) - self._type_set
