@@ -161,3 +161,26 @@ def test_read_all_after_an_unknown_position_is_an_error(pg: Any) -> None:
     pg.append("a", deposits(1, "a"), expected_version=0)
     with pytest.raises(ValueError, match="no event at position 99"):
         list(pg.read_all(after=99))
+
+
+def test_a_connection_with_another_row_factory_is_read_as_tuples(postgres_dsn: str) -> None:
+    """A user's `dict_row` connection changes what their own queries return, not the store's."""
+    from psycopg.rows import dict_row
+
+    from domainbus.eventstore.postgres import PostgresTracking
+
+    connection = psycopg.connect(postgres_dsn, autocommit=True, row_factory=dict_row)
+    store = PostgresEventStore(connection, CODEC)
+    store.append("a", deposits(3, "a"), expected_version=0)
+    assert store.version("a") == 3
+    assert [stored.version for stored in store.read("a")] == [1, 2, 3]
+    assert len(list(store.read_all())) == 3
+    assert store.synchronous_commit == "on"
+    tracking = PostgresTracking(connection)
+    assert tracking.position("p") == 0
+    with tracking.transaction():
+        assert tracking.locked_position("p") == 0
+        tracking.set_position("p", 3)
+    assert tracking.position("p") == 3
+    assert connection.execute("SELECT 1 AS one").fetchone() == {"one": 1}  # theirs: unchanged
+    connection.close()

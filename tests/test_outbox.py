@@ -808,6 +808,28 @@ def test_postgres_settings(pg: Db) -> None:
     assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
+def test_postgres_connection_with_another_row_factory(backend: ModuleType, pg: Db) -> None:
+    """A user's `dict_row` connection: the outbox reads its own rows as tuples all the same."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    connection = psycopg.connect(pg.target, row_factory=dict_row)
+    outbox = pg.open(connection)
+    log: list[Any] = []
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, log.append)
+    with UnitOfWork(dispatcher, connection, outbox=outbox) as uow:
+        uow.record(Registered(n=1))
+    store_free(outbox, [Registered(n=2)])
+    assert outbox.relay(dispatcher) == RelayResult(delivered=1)
+    assert numbers(log) == [1, 2]
+    assert outbox.synchronous_commit == "on"
+    outbox.flush()
+    assert outbox.pending() == 0
+    assert connection.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    connection.close()
+
+
 def test_postgres_tables_are_created_once_under_concurrency(pg: Db) -> None:
     """Concurrent CREATE TABLE IF NOT EXISTS can fail: set-up is serialised by a lock."""
     errors: list[BaseException] = []

@@ -126,7 +126,7 @@ class PsycopgTransaction:
         if not isinstance(connection, psycopg.Connection):
             raise TypeError(f"expected a psycopg.Connection, not {type(connection).__qualname__}")
         self.connection = connection
-        self._cursor = connection.cursor()
+        self._cursor = tuple_cursor(connection)
         self._idle = psycopg.pq.TransactionStatus.IDLE
 
     @property
@@ -151,6 +151,14 @@ class PsycopgTransaction:
     @property
     def user_handle(self) -> object:
         return self.connection
+
+
+def tuple_cursor(connection: Any, **options: Any) -> Any:
+    """A cursor on a psycopg connection that returns rows as tuples, whatever the connection's
+    own `row_factory` (a user's `dict_row` connection must not change what the stores read)."""
+    from psycopg.rows import tuple_row
+
+    return connection.cursor(row_factory=tuple_row, **options)
 
 
 class SqlAlchemyTransaction:
@@ -201,7 +209,8 @@ class SqlAlchemyTransaction:
         connection = self.handle.connection() if self._is_session else self.handle
         dbapi = connection.connection.dbapi_connection
         if dbapi is not self._dbapi:
-            self._dbapi, self._cursor = dbapi, dbapi.cursor()
+            psycopg = type(dbapi).__module__.startswith("psycopg")
+            self._dbapi, self._cursor = dbapi, tuple_cursor(dbapi) if psycopg else dbapi.cursor()
         return self._cursor
 
     @property

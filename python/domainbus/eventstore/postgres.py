@@ -59,6 +59,7 @@ from domainbus.eventstore.store import (
     decode_rows,
     page_to_stored,
 )
+from domainbus.transactions import tuple_cursor
 
 if TYPE_CHECKING:
     import psycopg
@@ -172,13 +173,14 @@ def _psycopg() -> Any:
 
 
 def _run_schema(connection: psycopg.Connection[Any]) -> None:
+    cursor = tuple_cursor(connection)
     with connection.transaction():
         for statement in SCHEMA:
-            connection.execute(statement)
+            cursor.execute(statement)
         # a database made before the traceparent column: add it (NULL in the existing rows)
-        found = connection.execute(HAS_TRACEPARENT).fetchone()
+        found = cursor.execute(HAS_TRACEPARENT).fetchone()
         if found is None or not found[0]:
-            connection.execute(ADD_TRACEPARENT)
+            cursor.execute(ADD_TRACEPARENT)
 
 
 class PostgresEventStore:
@@ -232,7 +234,7 @@ class PostgresEventStore:
         )
         self._idle = pg.pq.TransactionStatus.IDLE
         self._intrans = pg.pq.TransactionStatus.INTRANS
-        self._cursor = connection.cursor(binary=True)
+        self._cursor = tuple_cursor(connection, binary=True)
         self._encode = codec.encode
 
     def __repr__(self) -> str:
@@ -241,7 +243,7 @@ class PostgresEventStore:
     @property
     def synchronous_commit(self) -> str:
         """The session's `synchronous_commit` setting, read from the server."""
-        row = self.connection.execute("SHOW synchronous_commit").fetchone()
+        row = self._cursor.execute("SHOW synchronous_commit").fetchone()
         return str(row[0]) if row is not None else "unknown"
 
     # -- writing ---------------------------------------------------------------------------
@@ -315,14 +317,18 @@ class PostgresEventStore:
     ) -> Iterator[list[DomainEvent]]:
         check_range(from_version, to_version)
         last = _NO_LIMIT if to_version is None else to_version
-        cursor, codec, version = self.connection.cursor(binary=True), self.codec, from_version
+        cursor, codec, version = (
+            tuple_cursor(self.connection, binary=True),
+            self.codec,
+            from_version,
+        )
         while version <= last:
             params = (stream_id, version, last, page_size)
             row = cursor.execute(STREAM_PAGE, params).fetchone()
             count = 0 if row is None else row[0]
             if not count:
                 return
-            events = decode_joined(codec, count, row[1])  # type: ignore[index]
+            events = decode_joined(codec, count, row[1])
             if events is None:  # a bad row: found and named row by row
                 rows = cursor.execute(SELECT_STREAM, params).fetchall()
                 events = decode_rows(codec, [row[0] for row in rows], stream_id, version)
@@ -344,7 +350,7 @@ class PostgresEventStore:
     ) -> Iterator[Page]:
         check_page(after, page_size, limit)
         tx = self._tx_of(after)
-        cursor, codec = self.connection.cursor(binary=True), self.codec
+        cursor, codec = tuple_cursor(self.connection, binary=True), self.codec
         left = _NO_LIMIT if limit is None else limit
         while left > 0:
             size = min(page_size, left)
@@ -426,19 +432,20 @@ class PostgresTracking:
         if not connection.autocommit:
             raise ValueError("a projection's psycopg connection must be in autocommit mode")
         self.connection = connection
+        self._cursor = tuple_cursor(connection)
         with connection.transaction():
-            connection.execute(SCHEMA[0])
-            connection.execute(TRACKING_TABLE)
+            self._cursor.execute(SCHEMA[0])
+            self._cursor.execute(TRACKING_TABLE)
 
     def position(self, name: str) -> int:
         sql = "SELECT position FROM domainbus_tracking WHERE name = %s"
-        row = self.connection.execute(sql, (name,)).fetchone()
+        row = self._cursor.execute(sql, (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def locked_position(self, name: str) -> int:
         """The position, read in the open transaction with the record locked until it ends
         (one statement: made if missing, else "updated" to itself, which takes the lock)."""
-        row = self.connection.execute(
+        row = self._cursor.execute(
             "INSERT INTO domainbus_tracking VALUES (%s, 0) ON CONFLICT (name) "
             "DO UPDATE SET position = domainbus_tracking.position RETURNING position",
             (name,),
@@ -450,7 +457,7 @@ class PostgresTracking:
 
     def set_position(self, name: str, position: int) -> None:
         """Record the position, in the open transaction."""
-        self.connection.execute(
+        self._cursor.execute(
             "INSERT INTO domainbus_tracking VALUES (%s, %s) "
             "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
             (name, position),

@@ -52,7 +52,7 @@ import domainbus.outbox.postgres_schema as sql
 from domainbus.outbox.base import OutboxBase
 from domainbus.outbox.postgres_schema import SYNCHRONOUS_COMMIT_LEVELS, SynchronousCommit
 from domainbus.outbox.store import Outbox, OutboxBatch, OutboxError, check_payloads
-from domainbus.transactions import PsycopgTransaction
+from domainbus.transactions import PsycopgTransaction, tuple_cursor
 
 __all__ = ["PostgresOutbox"]
 
