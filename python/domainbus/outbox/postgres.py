@@ -122,7 +122,7 @@ class PostgresOutbox(OutboxBase):
 
     def _prepare(self, connection: Any, synchronous_commit: str) -> None:
         """synchronous_commit, the owner's advisory lock, the tables; leaves the connection idle."""
-        cursor = connection.cursor()
+        cursor = tuple_cursor(connection)
         try:
             cursor.execute(sql.SET_SYNCHRONOUS_COMMIT, (synchronous_commit,))
             cursor.execute(sql.ADVISORY_LOCK, (self._owner,))
@@ -172,6 +172,9 @@ class PostgresOutbox(OutboxBase):
         connection = self._own_connection
         if connection.closed:
             return True  # nothing can delete them any more (close() flushed what it held)
+        if connection.broken:
+            _lost(batches)
+            return True
         if not connection.lock.acquire(blocking=False):
             return False
         try:
@@ -187,6 +190,9 @@ class PostgresOutbox(OutboxBase):
             )  # integers only: nothing to quote
             result = pgconn.exec_(statement.encode())
             if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                if pgconn.status != psycopg.pq.ConnStatus.OK:
+                    _lost(batches)
+                    return True
                 message = (result.error_message or b"").decode(errors="replace").strip()
                 raise OutboxError(f"deleting delivered outbox rows failed: {message}")
             return True
@@ -406,6 +412,15 @@ class PostgresOutbox(OutboxBase):
 
     def _announce(self) -> None:
         self._cursor.execute(sql.NOTIFY)
+
+
+def _lost(batches: list[OutboxBatch]) -> None:
+    count = sum(len(batch.ids) for batch in batches)
+    logger.warning(
+        "the outbox's connection was lost before the rows of %d delivered event(s) were "
+        "deleted: relay() will deliver them again",
+        count,
+    )
 
 
 def _libpq_conninfo(target: str) -> str:

@@ -98,7 +98,8 @@ class _Sweeper:
                     now - (outbox.sweep_after if delay is None else delay)
                 )
             except Exception:  # never let the thread die; the rows wait for the next sweep
-                logger.warning("deleting delivered outbox rows failed; retrying", exc_info=True)
+                when = "at exit: relay() will deliver them again" if delay == 0.0 else "retrying"
+                logger.warning("deleting delivered outbox rows failed %s", when, exc_info=True)
                 done = False
             if done:
                 with self._wake:
