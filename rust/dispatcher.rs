@@ -245,10 +245,23 @@ impl Dispatcher {
                 .state
                 .compare_and_swap(&current, Arc::new(Snapshot::new(registry)));
             if Arc::ptr_eq(&previous, &current) {
-                self.version.fetch_add(1, Ordering::Release);
+                let version = self.version.fetch_add(1, Ordering::Release) + 1;
+                drop((previous, current));
+                self.release_hot_slots(version);
                 return Ok(true);
             }
         }
+    }
+
+    /// Empty `hot_slots` right after a change: they hold the old registrations (and so their
+    /// handlers) strongly, which would keep an unregistered or cleared handler alive, and a
+    /// `weak=True` registration of it registered, until the next dispatch of a class in one
+    /// of those slots. Marked current first: releasing them may run Python code.
+    fn release_hot_slots(&self, version: u64) {
+        Python::attach(|py| {
+            self.hot_version.store(version, Ordering::Relaxed);
+            crate::dispatch_loop::clear_slots(self.hot_slots.bind(py));
+        });
     }
 
     fn make_target<'py>(

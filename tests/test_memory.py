@@ -124,3 +124,34 @@ def test_reentrant_handler_deleting_the_last_reference(make_dispatcher: Any) -> 
     holder["d"].register_handler(Msg, drop_dispatcher)
     holder["d"].register_handler(Msg, noop)
     assert holder["d"].dispatch_batch([Msg(), Msg()]) >= 1
+
+
+@pytest.mark.parametrize("metrics", [False, True])
+@pytest.mark.parametrize("removal", ["unregister_handler", "clear"])
+def test_a_removed_handler_is_released_at_once(
+    make_dispatcher: Any, removal: str, metrics: bool
+) -> None:
+    """After a dispatch, then `unregister_handler` or `clear()`, the dispatcher holds the handler
+    no more (Rust's single-dispatch table, and the metrics' memo of resolved lists, kept it
+    until a later dispatch of its class), so a `weak=True` registration of it vanishes with it."""
+    d = make_dispatcher(metrics=metrics)
+
+    def make() -> Any:
+        def handler(event: Any) -> None:
+            pass
+
+        return handler
+
+    handler = make()
+    gone = weakref.ref(handler)
+    d.register_handler(Msg, handler)
+    d.dispatch(Msg())
+    if removal == "clear":
+        d.clear()
+    else:
+        d.unregister_handler(Msg, handler)
+    d.register_handler(Msg, handler, weak=True)
+    del handler
+    gc.collect()
+    assert gone() is None
+    assert d.handlers_for(Msg) == ()

@@ -377,6 +377,9 @@ class Dispatcher(Commands):  # commands, dependencies, middleware: domainbus.pur
 
     def _publish(self, registry: _Registry) -> None:
         self._state = _State(registry, metered=self._meter is not None)
+        # the memo of resolved lists holds the old registrations, and so their handlers: an
+        # unregistered handler must not stay alive (or weakly registered) until a dispatch
+        self._metrics.forget_plans()
 
     def _remove(self, reg: _Registration) -> bool:
         """Unregister `reg`; False when it was not registered (any more)."""

@@ -151,6 +151,11 @@ class MetricsTable:
         self._plans[id(event_type)] = (regs, rows)
         return rows
 
+    def forget_plans(self) -> None:
+        """Drop the memo of resolved lists (the registry changed: they are stale)."""
+        if self._plans:
+            self._plans = {}
+
     def snapshot(self) -> list[dict[str, Any]]:
         """One record per row called at least once, slowest (`total_ns`) first."""
         records = [row.snapshot() for row in list(self._rows.values()) if row.calls]
