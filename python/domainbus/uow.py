@@ -237,6 +237,10 @@ class _UnitOfWorkBase:
             self._track_session_objects()
         sources = self._sources
         if len(sources) == 1:
+            own = self._own
+            if own is not None:  # only `record`ed events: no call needed
+                recorded, own.events = own.events, []
+                return recorded
             return sources[0].pull_events()
         events: list[Any] = []
         for source in sources:
@@ -276,9 +280,14 @@ class _UnitOfWorkBase:
         batch: OutboxBatch | None = None
         try:
             events = self._collect()
-            if self._outbox is not None and events:
-                payloads = [self._outbox.encode(event) for event in events]
-                batch = self._outbox.append(payloads, traceparent=current_traceparent())
+            outbox = self._outbox
+            if outbox is not None and events:
+                encode = outbox.encode
+                if len(events) == 1:  # the common case, in as few calls as can be: every
+                    payloads = [encode(events[0])]  # step here runs while the server waits
+                else:
+                    payloads = [encode(event) for event in events]
+                batch = outbox.append(payloads, traceparent=current_traceparent())
             if self._tx is not None:
                 self._tx.commit()
         except BaseException:
@@ -396,14 +405,14 @@ class _UnitOfWorkBase:
 
     # -- the one core of both twins ----------------------------------------------------------
 
-    def _steps(self) -> Generator[tuple[int, Any], Any, None]:
-        """The life of the block after a clean exit, as steps for a driver to run.
+    def _steps(self, round_: _Round | None) -> Generator[tuple[int, Any], Any, None]:
+        """The life of the block after its commit (`_commit`, which the driver runs first and
+        which made `round_`, with events to dispatch), as steps for a driver to run.
 
         Yields (`_STORE`, step): the driver runs `step()` (in the session's greenlet for an
         AsyncSession) and sends back its result; (`_DISPATCH`, event): the driver dispatches it
         and sends back None, or the exception the dispatch raised.
         """
-        round_: _Round | None = yield _STORE, self._commit
         if round_ is not None and round_.batch is not None and self._defer is not None:
             if self._defer(self._drained):  # inside a "queue"-mode call: dispatch only queues
                 self._deferred = []
@@ -444,8 +453,18 @@ _STORE, _DISPATCH = 0, 1  # the kinds of step of `_UnitOfWorkBase._steps`
 
 def _is_plain_connection(handle: object) -> bool:
     """A sqlite3 or psycopg connection (not a SQLAlchemy handle, whose async kinds need their
-    greenlet): an outbox on it already holds its adapter."""
-    return isinstance(handle, sqlite3.Connection) or type(handle).__module__.startswith("psycopg")
+    greenlet): an outbox on it already holds its adapter. Known per type (once per unit of
+    work, before its transaction)."""
+    kind = type(handle)
+    plain = _PLAIN_TYPES.get(kind)
+    if plain is None:
+        plain = _PLAIN_TYPES[kind] = issubclass(
+            kind, sqlite3.Connection
+        ) or kind.__module__.startswith("psycopg")
+    return plain
+
+
+_PLAIN_TYPES: dict[type, bool] = {}
 
 
 def _bind(outbox: OutboxStore, adapter: Transaction, handle: object) -> OutboxStore:
@@ -507,9 +526,12 @@ class UnitOfWork(_UnitOfWorkBase):
         if exc_type is not None:
             self._abandon()
             return
-        dispatch = self._dispatch
-        steps = self._steps()
         try:
+            round_ = self._commit()  # straight away: no step to set up before the COMMIT
+            if not round_.events:
+                return
+            dispatch = self._dispatch
+            steps = self._steps(round_)
             kind, value = next(steps)
             while True:
                 if kind == _STORE:
@@ -577,9 +599,12 @@ class AsyncUnitOfWork(_UnitOfWorkBase):
         if exc_type is not None:
             await self._run(self._abandon)
             return
-        dispatch_async, concurrent = self._dispatch_async, self._concurrent
-        steps = self._steps()
         try:
+            round_ = await self._run(self._commit)
+            if not round_.events:
+                return
+            dispatch_async, concurrent = self._dispatch_async, self._concurrent
+            steps = self._steps(round_)
             kind, value = next(steps)
             while True:
                 if kind == _STORE:

@@ -49,6 +49,8 @@ class EventCodec:
         self.tag_field: str = _tag_field(types)
         self.records = Records(types, self.tag_field)
         """The record-level encoders and decoders the stream readers and writers use."""
+        self._known = frozenset(types)
+        self._encode_msgpack = self.records.msgpack_encoder.encode
 
     @classmethod
     def from_modules(cls, *modules: ModuleType | str) -> EventCodec:
@@ -87,8 +89,9 @@ class EventCodec:
 
     def encode(self, event: DomainEvent) -> bytes:
         """One event as msgpack."""
-        self.records.check_type(event)
-        return self.records.msgpack_encoder.encode(event)
+        if type(event) not in self._known:
+            self.records.check_types((event,))
+        return self._encode_msgpack(event)
 
     def decode(self, data: bytes) -> DomainEvent:
         """One msgpack event; DecodeError when it is not one of this codec's events."""

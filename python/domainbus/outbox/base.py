@@ -123,7 +123,7 @@ class OutboxBase:
 
     def commit(self) -> None:
         """Commit, deleting in the same transaction the rows of batches delivered meanwhile."""
-        if self._held:
+        if self._held.batches:
             self._settle_held()
         self._tx.commit()
         self._settled.clear()

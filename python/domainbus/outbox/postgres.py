@@ -206,27 +206,32 @@ class PostgresOutbox(OutboxBase):
     ) -> OutboxBatch:
         """Insert encoded events in the current transaction, claimed by this outbox or free
         (then the relays are notified when the transaction commits)."""
-        check_payloads(payloads)
+        if type(payloads) is not list or len(payloads) != 1 or type(payloads[0]) is not bytes:
+            check_payloads(payloads)  # (one payload in a list: a unit of work's, checked here)
         cursor = self._cursor
-        claim = self._rng.getrandbits(62) + 1 if claimed else None
-        owner = self._owner if claimed else None
-        held = self._held.take() if self._held else None
+        if claimed:
+            claim: int | None = self._rng.getrandbits(62) + 1
+            tail: tuple[object, ...] = (claim, self._owner)
+            statements = sql.INSERT_CLAIMED
+        else:
+            claim, tail, statements = None, (), sql.INSERT_FREE
+        held = self._held.take() if self._held.batches else None
         deleting: tuple[object, ...] = ()
-        one, many = sql.INSERT_ONE, sql.INSERT_MANY
+        one, many = statements[0]
         if held:  # delete delivered batches in the same statement: no extra round trip
             self._settled += held
             if len(held) == 1 and len(held[0].ids) == 1:  # the common case: no arrays to parse
                 deleting = (held[0].ids[0], held[0].claim)
-                one, many = sql.INSERT_ONE_DELETING_ONE, sql.INSERT_MANY_DELETING_ONE
+                one, many = statements[1]
             else:
                 deleting = ([i for batch in held for i in batch.ids], [b.claim for b in held])
-                one, many = sql.INSERT_ONE_DELETING, sql.INSERT_MANY_DELETING
+                one, many = statements[2]
         try:
             if len(payloads) == 1:
-                cursor.execute(one, (*deleting, payloads[0], claim, owner, claimed))
+                cursor.execute(one, (*deleting, payloads[0], *tail))
                 ids = [cursor.fetchone()[0]]
             else:
-                cursor.execute(many, (*deleting, claim, owner, claimed, list(payloads)))
+                cursor.execute(many, (*deleting, *tail, list(payloads)))
                 ids = sorted(row[0] for row in cursor.fetchall())
         except BaseException:
             if held:  # not deleted: held again (the caller rolls back)

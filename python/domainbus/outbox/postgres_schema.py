@@ -61,27 +61,38 @@ TABLES_EXIST = (
 )
 SET_TRACEPARENT = "UPDATE domainbus_outbox SET traceparent = %s WHERE id = ANY(%s::bigint[])"
 
-INSERT_ONE = (
+# Inserts: claimed by this outbox (a unit of work's rows: payload(s), claim, owner) or free.
+_INSERT_ONE_CLAIMED = (
     "INSERT INTO domainbus_outbox (payload, claim, owner, claimed_at) "
-    f"VALUES (%s, %s, %s, CASE WHEN %s THEN {NOW} END) RETURNING id"
+    f"VALUES (%s, %s, %s, {NOW}) RETURNING id"
 )
-INSERT_MANY = (
+_INSERT_MANY_CLAIMED = (
     "INSERT INTO domainbus_outbox (payload, claim, owner, claimed_at) "
-    f"SELECT payload, %s, %s, CASE WHEN %s THEN {NOW} END FROM unnest(%s::bytea[]) AS payload "
-    "RETURNING id"
+    f"SELECT payload, %s, %s, {NOW} FROM unnest(%s::bytea[]) AS payload RETURNING id"
 )
+_INSERT_ONE_FREE = "INSERT INTO domainbus_outbox (payload) VALUES (%s) RETURNING id"
+_INSERT_MANY_FREE = "INSERT INTO domainbus_outbox (payload) SELECT unnest(%s::bytea[]) RETURNING id"
 # The deferred delete of delivered batches, riding along with the next append (one round trip).
 _DELETE_HELD = (
     "WITH delivered AS (DELETE FROM domainbus_outbox "
     "WHERE id = ANY(%s::bigint[]) AND claim = ANY(%s::bigint[])) "
 )
-INSERT_ONE_DELETING = _DELETE_HELD + INSERT_ONE
-INSERT_MANY_DELETING = _DELETE_HELD + INSERT_MANY
 # One held row (a unit of work of one event): plain parameters, several times cheaper for the
 # server than an array of one.
 _DELETE_HELD_ONE = "WITH delivered AS (DELETE FROM domainbus_outbox WHERE id = %s AND claim = %s) "
-INSERT_ONE_DELETING_ONE = _DELETE_HELD_ONE + INSERT_ONE
-INSERT_MANY_DELETING_ONE = _DELETE_HELD_ONE + INSERT_MANY
+
+
+def _inserts(one: str, many: str) -> tuple[tuple[str, str], ...]:
+    """(one payload, many) plain, deleting one held row, deleting held batches."""
+    return (
+        (one, many),
+        (_DELETE_HELD_ONE + one, _DELETE_HELD_ONE + many),
+        (_DELETE_HELD + one, _DELETE_HELD + many),
+    )
+
+
+INSERT_CLAIMED = _inserts(_INSERT_ONE_CLAIMED, _INSERT_MANY_CLAIMED)
+INSERT_FREE = _inserts(_INSERT_ONE_FREE, _INSERT_MANY_FREE)
 # Owners whose session still holds its advisory lock (a bigint key: classid high, objid low).
 _LIVE_OWNERS = (
     "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "

@@ -179,23 +179,23 @@ class HeldBatches:
     caller then asks it to), and `unwatch_if_empty` ends the watch only while nothing is held.
     """
 
-    __slots__ = ("_batches", "_lock", "since", "watched")
+    __slots__ = ("_lock", "batches", "since", "watched")
 
     def __init__(self) -> None:
-        self._batches: list[OutboxBatch] = []
+        self.batches: list[OutboxBatch] = []  # read without the lock only to test emptiness
         self._lock = threading.Lock()
         self.since = 0.0
         self.watched = False
 
     def __bool__(self) -> bool:
-        return bool(self._batches)
+        return bool(self.batches)
 
     def add(self, batch: OutboxBatch) -> bool:
         """Hold `batch`; True when the sweeper must be asked to watch."""
         with self._lock:
-            if not self._batches:
+            if not self.batches:
                 self.since = time.monotonic()
-            self._batches.append(batch)
+            self.batches.append(batch)
             if self.watched:
                 return False
             self.watched = True
@@ -203,16 +203,18 @@ class HeldBatches:
 
     def take(self) -> list[OutboxBatch]:
         """Every held batch, now no longer held."""
+        if not self.batches:  # the common case of a busy outbox: nothing since the last commit
+            return []
         with self._lock:
-            batches, self._batches = self._batches, []
+            batches, self.batches = self.batches, []
         return batches
 
     def take_if_held_since(self, moment: float) -> list[OutboxBatch]:
         """Every held batch if the list has been non-empty since `moment` or before, else none."""
         with self._lock:
-            if not self._batches or self.since > moment:
+            if not self.batches or self.since > moment:
                 return []
-            batches, self._batches = self._batches, []
+            batches, self.batches = self.batches, []
         return batches
 
     def restore(self, batches: Iterable[OutboxBatch]) -> None:
@@ -221,13 +223,13 @@ class HeldBatches:
         batches = list(batches)
         if batches:
             with self._lock:
-                self._batches[:0] = batches
+                self.batches[:0] = batches
                 self.since = 0.0
 
     def unwatch_if_empty(self) -> bool:
         """End the sweeper's watch if nothing is held (True then)."""
         with self._lock:
-            if self._batches:
+            if self.batches:
                 return False
             self.watched = False
             return True
