@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 __all__ = [
     "AsyncSqlAlchemyTransaction",
@@ -156,9 +156,15 @@ class PsycopgTransaction:
 def tuple_cursor(connection: Any, **options: Any) -> Any:
     """A cursor on a psycopg connection that returns rows as tuples, whatever the connection's
     own `row_factory` (a user's `dict_row` connection must not change what the stores read)."""
-    from psycopg.rows import tuple_row
+    global _tuple_row
+    if _tuple_row is None:
+        from psycopg.rows import tuple_row
 
-    return connection.cursor(row_factory=tuple_row, **options)
+        _tuple_row = tuple_row
+    return connection.cursor(row_factory=_tuple_row, **options)
+
+
+_tuple_row: Any = None  # psycopg.rows.tuple_row, imported on first use
 
 
 class SqlAlchemyTransaction:
@@ -251,14 +257,25 @@ class AsyncSqlAlchemyTransaction(SqlAlchemyTransaction):
 
 def transaction_for(handle: object) -> Transaction:
     """The adapter for `handle` (returned as is if it already is a `Transaction`)."""
+    kind = type(handle)
+    if kind in _ADAPTERS:  # (the Protocol's isinstance reads every member: slow)
+        return handle  # type: ignore[return-value]
+    adapter = _ADAPTER_OF.get(kind)  # once per unit of work: found once per kind of handle
+    if adapter is None:
+        adapter = _ADAPTER_OF[kind] = _adapter_for(handle)
+    return adapter(handle)
+
+
+def _adapter_for(handle: object) -> Callable[[Any], Transaction]:
+    """The adapter class for handles of `handle`'s type (TypeError if there is none)."""
     if isinstance(handle, sqlite3.Connection):
-        return SqliteTransaction(handle)
+        return SqliteTransaction
     library = type(handle).__module__.partition(".")[0]
     if library == "psycopg":
         import psycopg
 
         if isinstance(handle, psycopg.Connection):
-            return PsycopgTransaction(handle)
+            return PsycopgTransaction
         if isinstance(handle, psycopg.AsyncConnection):
             raise TypeError(
                 "a psycopg AsyncConnection cannot be driven synchronously: pass a psycopg "
@@ -270,12 +287,23 @@ def transaction_for(handle: object) -> Transaction:
         from sqlalchemy.orm import Session
 
         if isinstance(handle, AsyncSession | AsyncConnection):
-            return AsyncSqlAlchemyTransaction(handle)
+            return AsyncSqlAlchemyTransaction
         if isinstance(handle, Session | Connection):
-            return SqlAlchemyTransaction(handle)
+            return SqlAlchemyTransaction
     if isinstance(handle, Transaction) and not isinstance(handle, type):
-        return handle
+        return _as_is
     raise TypeError(
         "expected a sqlite3.Connection, a psycopg Connection, a SQLAlchemy Session, Connection "
         f"or AsyncSession, not {type(handle).__qualname__}"
     )
+
+
+def _as_is(handle: Any) -> Transaction:
+    """A handle that already is a `Transaction` (the user's own adapter)."""
+    return cast(Transaction, handle)
+
+
+_ADAPTER_OF: dict[type, Callable[[Any], Transaction]] = {}
+_ADAPTERS = frozenset(
+    {SqliteTransaction, PsycopgTransaction, SqlAlchemyTransaction, AsyncSqlAlchemyTransaction}
+)

@@ -9,7 +9,6 @@ few steps that differ (`_settle_held`, `_delete_swept`, `_processed_params`, `_p
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import threading
@@ -91,9 +90,11 @@ class OutboxBase:
         tx = transaction_for(handle)
         if tx.dialect != self.dialect:
             raise TypeError(f"a {type(self).__name__} cannot be bound to a {tx.dialect} handle")
-        view = copy.copy(self)
+        # one view per unit of work on a session: a shallow copy, sharing the random claims
+        # (random.Random is thread-safe), the codec, settings and held batches
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
         view._tx, view._owns_connection, view._settled, view._locking = tx, False, [], None
-        view._rng = random.Random(os.urandom(16))
         if isinstance(tx, self._plain_tx):
             view._cursor = tx.cursor()
         else:  # a session may change connections between transactions: follow it
