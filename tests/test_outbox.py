@@ -1121,3 +1121,23 @@ def test_four_relay_processes_over_100_000_events(
 ) -> None:
     """PostgreSQL, FOR UPDATE SKIP LOCKED: four relays share 100,000 rows, none lost, none twice."""
     relay_in_processes(backend, pg, tmp_path, 100_000, 4, 500)
+
+
+def test_postgres_connection_closed_before_its_rows_were_swept_is_reported(
+    backend: ModuleType, pg: Db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The user closes the outbox's connection without closing the outbox: the sweeper can no
+    longer delete the delivered rows, and says that they will be delivered again."""
+    connection = pg.connect()
+    outbox = pg.open(connection, lease=0.2)
+    dispatcher = backend.Dispatcher()
+    dispatcher.register_handler(Registered, lambda event: None)
+    with UnitOfWork(dispatcher, connection, outbox=outbox) as uow:
+        uow.record(Registered(n=1))
+    with caplog.at_level(logging.WARNING, logger="domainbus.outbox"):
+        connection.close()
+        deadline = time.monotonic() + 30
+        while "was closed before the rows of 1 delivered event(s)" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+    assert pg.count("SELECT count(*) FROM domainbus_outbox") == 1

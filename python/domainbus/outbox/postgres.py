@@ -170,10 +170,8 @@ class PostgresOutbox(OutboxBase):
         import psycopg
 
         connection = self._own_connection
-        if connection.closed:
-            return True  # nothing can delete them any more (close() flushed what it held)
-        if connection.broken:
-            _lost(batches)
+        if connection.closed or connection.broken:  # (outbox.close() deletes them first)
+            _lost(batches, "closed" if connection.closed else "lost")
             return True
         if not connection.lock.acquire(blocking=False):
             return False
@@ -191,7 +189,7 @@ class PostgresOutbox(OutboxBase):
             result = pgconn.exec_(statement.encode())
             if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
                 if pgconn.status != psycopg.pq.ConnStatus.OK:
-                    _lost(batches)
+                    _lost(batches, "lost")
                     return True
                 message = (result.error_message or b"").decode(errors="replace").strip()
                 raise OutboxError(f"deleting delivered outbox rows failed: {message}")
@@ -419,11 +417,14 @@ class PostgresOutbox(OutboxBase):
         self._cursor.execute(sql.NOTIFY)
 
 
-def _lost(batches: list[OutboxBatch]) -> None:
+def _lost(batches: list[OutboxBatch], how: str) -> None:
+    """Nothing can delete these delivered rows any more: say so once (at least once delivery
+    then delivers them again)."""
     count = sum(len(batch.ids) for batch in batches)
     logger.warning(
-        "the outbox's connection was lost before the rows of %d delivered event(s) were "
-        "deleted: relay() will deliver them again",
+        "the outbox's connection was %s before the rows of %d delivered event(s) were "
+        "deleted (close or flush the outbox first): relay() will deliver them again",
+        how,
         count,
     )
 
